@@ -42,6 +42,7 @@ CREATE TABLE resource_version (
 );
 CREATE INDEX resource_version_updated ON resource_version (last_updated);
 CREATE INDEX resource_version_type_updated ON resource_version (resource_type, last_updated);
+CREATE INDEX resource_version_instance ON resource_version (resource_type, fhir_id, version_id);
 
 CREATE TABLE search_string (
     resource_id   bigint NOT NULL,

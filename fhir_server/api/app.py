@@ -1,0 +1,176 @@
+"""The FastAPI application: content negotiation, body limits, routing to interactions, OperationOutcome errors."""
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl
+from uuid import uuid4
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fhir_server.errors import FHIRError, Issue, operation_outcome
+from fhir_server.interactions import create, patch, transaction, update
+from fhir_server.interactions.capabilities import capability_statement_bytes
+from fhir_server.request import JSON_CONTENT_TYPE, FHIRRequest, Outcome, error_outcome, informational
+from fhir_server.resource_types import resource_types
+from fhir_server.router import parse_target, route
+from fhir_server.search.parameters import search_parameters
+from fhir_server.settings import Settings, get_settings
+from fhir_server.storage.database import create_pool
+from fhir_server.validation import validate_resource
+
+log = logging.getLogger("fhir_server")
+
+JSON_TYPES = frozenset({"application/fhir+json", "application/json", "json", "application/json+fhir"})
+ACCEPTABLE = JSON_TYPES | {"*/*", "application/*"}
+PRESENTATION_PARAMETERS = frozenset({"_format", "_pretty"})
+WRITE_HANDLERS = frozenset({create.create, update.update, update.conditional_update, patch.patch})
+
+
+def _media_types(header: str) -> list[str]:
+    """The media ranges of an Accept header that have a non-zero quality."""
+    types = []
+    for part in header.split(","):
+        media, *params = [piece.strip() for piece in part.split(";")]
+        if any(param.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for param in params):
+            continue
+        types.append(media.lower())
+    return types
+
+
+def _negotiate(request: Request) -> None:
+    """406 unless the client accepts JSON: this server speaks FHIR JSON only."""
+    requested = request.query_params.getlist("_format")
+    if requested:
+        if requested[-1].split(";")[0].strip().lower() not in JSON_TYPES:
+            raise FHIRError.of(406, "not-supported", f"_format={requested[-1]} is not supported; "
+                                                     "this server returns application/fhir+json only", "_format")
+        return
+    accept = request.headers.get("accept")
+    if accept and not any(media in ACCEPTABLE for media in _media_types(accept)):
+        raise FHIRError.of(406, "not-supported", f"Cannot answer in {accept}; this server returns "
+                                                 "application/fhir+json only")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise FHIRError.of(413, "too-costly", f"The body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise FHIRError.of(413, "too-costly", f"The body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_body(req: FHIRRequest, content_type: str, raw: bytes) -> Any:
+    media = content_type.split(";")[0].strip().lower()
+    if req.search and media == "application/x-www-form-urlencoded":
+        req.query += parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+        return None
+    if not raw.strip():
+        return None
+    if media and (media.endswith("xml") or media.endswith("+xml")):
+        raise FHIRError.of(415, "not-supported", f"Content-Type {media} is not supported; send application/fhir+json")
+    allowed = JSON_TYPES | ({"application/json-patch+json"} if req.method == "PATCH" else set())
+    if media and media not in allowed:
+        raise FHIRError.of(415, "not-supported", f"Content-Type {media} is not supported here; send "
+                                                 + " or ".join(sorted(allowed - {"json", "application/json+fhir"})))
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise FHIRError.of(400, "structure", f"The body is not valid JSON: {error}") from None
+
+
+def _base_url(request: Request, settings: Settings) -> str:
+    return f"{request.url.scheme}://{request.headers.get('host') or request.url.netloc}{settings.base_path}"
+
+
+def _render(req: FHIRRequest | None, outcome: Outcome, request: Request, write: bool) -> Response:
+    body = outcome.body
+    headers = outcome.response_headers()
+    if write and req is not None and outcome.status < 300:
+        returned = req.prefer("return")
+        if returned == "minimal":
+            body = None
+        elif returned == "operationoutcome":
+            body = informational(f"{req.method} succeeded with status {outcome.status}").body
+    if outcome.status in (204, 304) or request.method == "HEAD":
+        body = None
+    elif body is not None and request.query_params.get("_pretty") == "true":
+        body = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
+    media = JSON_CONTENT_TYPE
+    requested = request.query_params.get("_format") or request.headers.get("accept") or ""
+    if "fhir" not in requested and ("application/json" in requested or requested == "json"):
+        media = "application/json; charset=utf-8"
+    return Response(body, outcome.status, headers, media_type=media if body is not None else None)
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Load the conformance data before the first request rather than on it.
+        resource_types()
+        search_parameters()
+        validate_resource({"resourceType": "Patient"})
+        capability_statement_bytes()
+        pool = create_pool(settings.database_url, settings.db_pool_size)
+        await pool.open(wait=True)
+        app.state.pool = pool
+        yield
+        await pool.close()
+
+    app = FastAPI(title="fhir-server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def handle(request: Request, path: str) -> Response:
+        req = None
+        write = False
+        try:
+            if path and not path.startswith("/"):
+                raise FHIRError.of(404, "not-found", f"No FHIR endpoint at {request.url.path}")
+            _negotiate(request)
+            req = FHIRRequest(method=request.method, base_url=_base_url(request, settings),
+                              query=[(key, value) for key, value in request.query_params.multi_items()
+                                     if key not in PRESENTATION_PARAMETERS],
+                              headers={key.lower(): value for key, value in request.headers.items()})
+            parse_target(req, path)
+            if request.method in ("POST", "PUT", "PATCH"):
+                raw = await _read_body(request, settings.max_body_bytes)
+                req.body = _parse_body(req, request.headers.get("content-type", ""), raw)
+            if req.resource_type is None and req.operation is None and not req.history and not req.search \
+                    and request.method == "POST":
+                handler = transaction.process
+            else:
+                handler = route(req)
+            write = handler in WRITE_HANDLERS
+            async with request.app.state.pool.connection() as conn:
+                async with conn.transaction():
+                    outcome = await handler(conn, req)
+        except FHIRError as error:
+            outcome = error_outcome(error)
+        except Exception:
+            request_id = uuid4().hex
+            log.exception("request %s failed: %s %s", request_id, request.method, request.url.path)
+            outcome = Outcome(500, orjson.dumps(operation_outcome([Issue(
+                "exception", f"Internal server error; quote request id {request_id} to the operator")])),
+                headers={"X-Request-Id": request_id})
+        return _render(req, outcome, request, write)
+
+    # One route for the base and everything below it: "/fhir" gives path "", "/fhir/Patient" "/Patient".
+    app.add_api_route(settings.base_path + "{path:path}", handle,
+                      methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        body = orjson.dumps(operation_outcome([Issue("not-found" if error.status_code == 404 else "processing",
+                                                     str(error.detail))]))
+        return Response(body, error.status_code, media_type=JSON_CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,1 @@
+"""FHIR RESTful interactions, one module each: a handler from a parsed request to an outcome."""

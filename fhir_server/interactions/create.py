@@ -1,0 +1,25 @@
+"""create: POST a resource, server-assigned id; conditional create with If-None-Exist."""
+
+from psycopg import AsyncConnection
+
+from fhir_server.errors import FHIRError
+from fhir_server.interactions.common import matches_locked, parse_condition, require_resource
+from fhir_server.request import FHIRRequest, Outcome, resource_outcome
+from fhir_server.storage import repository
+
+
+async def create(conn: AsyncConnection, req: FHIRRequest, fhir_id: str | None = None) -> Outcome:
+    """Create; `fhir_id` is given by a transaction that assigned the id of a `urn:uuid:` entry."""
+    resource = require_resource(req.body, req.resource_type)
+    condition = req.header("if-none-exist")
+    if condition:
+        matches = await matches_locked(conn, req.resource_type, parse_condition(condition))
+        if len(matches) > 1:
+            raise FHIRError.of(412, "multiple-matches",
+                               f"If-None-Exist '{condition}' matches more than one {req.resource_type}")
+        if matches:
+            existing = await repository.read(conn, req.resource_type, matches[0][1])
+            return resource_outcome(200, existing, req.base_url, location=True)
+    # The spec: an id in the body of a create is ignored; the server assigns one.
+    stored = await repository.create(conn, resource, fhir_id)
+    return resource_outcome(201, stored, req.base_url, location=True)

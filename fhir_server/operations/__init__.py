@@ -1,0 +1,1 @@
+"""FHIR operations ($name), one module each, registered with the OperationDefinition they implement."""

@@ -1,0 +1,107 @@
+"""The FHIR router: which interaction a method and path mean, for HTTP requests and Bundle entries alike."""
+
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from psycopg import AsyncConnection
+
+from fhir_server.errors import FHIRError
+from fhir_server.interactions import (capabilities, create, delete, history, patch, read, search, update)
+from fhir_server.operations import validate
+from fhir_server.request import FHIRRequest, Outcome
+from fhir_server.resource_types import require_known_type, require_valid_id
+
+Handler = Callable[[AsyncConnection, FHIRRequest], Awaitable[Outcome]]
+
+OPERATIONS: dict[str, Handler] = {validate.NAME: validate.validate}
+
+
+def parse_target(req: FHIRRequest, path: str) -> FHIRRequest:
+    """Fill the type, id, version, operation and history/search fields of `req` from `path` (below the base)."""
+    segments = [unquote(segment) for segment in path.strip("/").split("/")] if path.strip("/") else []
+    if segments and segments[-1].startswith("$"):
+        req.operation = segments.pop()[1:]
+    if segments and segments[0] in ("metadata", "_history", "_search"):
+        if len(segments) != 1:
+            raise FHIRError.of(404, "not-found", f"No such endpoint: {path}")
+        req.history = segments[0] == "_history"
+        req.search = segments[0] == "_search"
+        if segments[0] == "metadata":
+            req.operation = "metadata"
+        return req
+    if segments:
+        req.resource_type = require_known_type(segments[0])
+    rest = segments[1:]
+    if rest and rest[0] in ("_history", "_search"):
+        req.history, req.search = rest[0] == "_history", rest[0] == "_search"
+        rest = rest[1:]
+        if rest:
+            raise FHIRError.of(404, "not-found", f"No such endpoint: {path}")
+        return req
+    if rest:
+        req.id = require_valid_id(rest[0])
+        rest = rest[1:]
+    if rest and rest[0] == "_history":
+        req.history = True
+        if len(rest) == 2:
+            req.version_id, req.history = rest[1], False
+        elif len(rest) > 2:
+            raise FHIRError.of(404, "not-found", f"No such endpoint: {path}")
+    elif rest:
+        raise FHIRError.of(404, "not-found", f"No such endpoint: {path}")
+    return req
+
+
+def parse_entry_url(url: str, method: str, base_url: str) -> FHIRRequest:
+    """A Bundle entry's request.url (relative to the base, or absolute below it) as a request."""
+    if url.startswith(base_url + "/"):
+        url = url[len(base_url) + 1:]
+    parts = urlsplit(url)
+    req = FHIRRequest(method=method, base_url=base_url, query=parse_qsl(parts.query, keep_blank_values=True))
+    return parse_target(req, parts.path)
+
+
+def _method_not_allowed(req: FHIRRequest) -> FHIRError:
+    return FHIRError.of(405, "not-supported", f"{req.method} is not allowed here")
+
+
+def route(req: FHIRRequest) -> Handler:
+    """The handler for `req`; Bundle posts to the base are routed by the caller (they need the router)."""
+    method = req.method
+    if req.operation == "metadata":
+        if method != "GET":
+            raise _method_not_allowed(req)
+        return capabilities.capabilities
+    if req.operation is not None:
+        handler = OPERATIONS.get(req.operation)
+        if handler is None or req.resource_type is None:
+            raise FHIRError.of(404, "not-supported", f"The operation ${req.operation} is not known")
+        if method not in ("POST", "GET"):
+            raise _method_not_allowed(req)
+        return handler
+    if req.history:
+        if method != "GET":
+            raise _method_not_allowed(req)
+        return history.history
+    if req.search:
+        if method != "POST":
+            raise _method_not_allowed(req)
+        return search.search
+    if req.version_id is not None:
+        if method != "GET":
+            raise _method_not_allowed(req)
+        return read.vread
+    if req.id is not None:
+        handlers = {"GET": read.read, "HEAD": read.read, "PUT": update.update, "PATCH": patch.patch,
+                    "DELETE": delete.delete}
+    elif req.resource_type is not None:
+        handlers = {"GET": search.search, "HEAD": search.search, "POST": create.create}
+        if req.query:
+            handlers |= {"PUT": update.conditional_update, "PATCH": patch.patch,
+                         "DELETE": delete.conditional_delete}
+    else:
+        handlers = {"GET": search.search}
+    handler = handlers.get(method)
+    if handler is None:
+        raise _method_not_allowed(req)
+    return handler
