@@ -140,3 +140,18 @@ def test_entry_without_request_is_400(client: httpx.Client) -> None:
     response = client.post("", json=bundle("transaction", {"resource": {"resourceType": "Patient"}}))
     assert response.status_code == 400
     assert response.json()["issue"][0]["expression"] == ["Bundle.entry[0].request"]
+
+
+def test_bundle_over_entry_limit_is_413(client: httpx.Client, db) -> None:
+    entries = [entry({"resourceType": "Patient"}, "POST", "Patient") for _ in range(10_001)]
+    response = client.post("", json=bundle("transaction", *entries))
+    assert response.status_code == 413
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert db.execute("SELECT count(*) FROM resource").fetchone()[0] == 0
+
+
+def test_transaction_prefer_minimal_omits_resources(client: httpx.Client) -> None:
+    response = client.post("", json=bundle("transaction", entry({"resourceType": "Patient"}, "POST", "Patient")),
+                           headers={"Prefer": "return=minimal"})
+    (only,) = response.json()["entry"]
+    assert "resource" not in only and only["response"]["status"].startswith("201")
