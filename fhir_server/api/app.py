@@ -151,8 +151,11 @@ def create_app() -> FastAPI:
                 handler = route(req)
             write = handler in WRITE_HANDLERS
             async with request.app.state.pool.connection() as conn:
-                async with conn.transaction():
+                if request.method in ("GET", "HEAD"):
                     outcome = await handler(conn, req)
+                else:
+                    async with conn.transaction():
+                        outcome = await handler(conn, req)
         except FHIRError as error:
             outcome = error_outcome(error)
         except Exception:

@@ -31,5 +31,7 @@ def migrate(database_url: str) -> None:
 
 
 def create_pool(database_url: str, size: int) -> AsyncConnectionPool:
-    return AsyncConnectionPool(database_url, min_size=min(2, size), max_size=size, open=False,
-                               kwargs={"autocommit": False, "prepare_threshold": 2})
+    """Connections in autocommit mode: a read is one statement and one round trip; writes open a
+    transaction explicitly (`conn.transaction()`)."""
+    return AsyncConnectionPool(database_url, min_size=size, max_size=size, open=False,
+                               kwargs={"autocommit": True, "prepare_threshold": 2})

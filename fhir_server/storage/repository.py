@@ -22,18 +22,40 @@ INDEX_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "reference": (("param", "text"), ("target_type", "text"), ("target_id", "text"), ("target_url", "text")),
 }
 
-# One INSERT ... SELECT FROM unnest(...) per index table: set-based, one round trip per table.
-_INSERT_INDEX = {
-    table: (
-        f"INSERT INTO search_{table} (resource_id, resource_type, {', '.join(name for name, _ in columns)}) "
-        f"SELECT %s, %s, u.* FROM unnest({', '.join(f'%s::{kind}[]' for _, kind in columns)}) AS u"
-    )
+# Every write is ONE statement: the resource row (CTE `w`), its version row, and the index rows, as
+# data-modifying CTEs. Sibling CTEs see the same snapshot, so the DELETEs of an update remove only
+# the old index rows, never the ones inserted beside them. With `w` empty (a create that lost a
+# race, ON CONFLICT DO NOTHING) nothing else is written either.
+_VERSION_CTE = (
+    "v AS (INSERT INTO resource_version (resource_id, version_id, resource_type, fhir_id, last_updated, method, "
+    "content) SELECT id, %(version_id)s, %(resource_type)s, %(fhir_id)s, %(last_updated)s, %(method)s, "
+    "%(content)s FROM w)"
+)
+_DELETE_INDEX_CTES = ", ".join(
+    f"d_{table} AS (DELETE FROM search_{table} WHERE resource_id = %(pk)s)" for table in INDEX_TABLES
+)
+_INSERT_INDEX_CTES = ", ".join(
+    f"i_{table} AS (INSERT INTO search_{table} (resource_id, resource_type, "
+    f"{', '.join(name for name, _ in columns)}) SELECT w.id, %(resource_type)s, u.* FROM w, unnest("
+    f"{', '.join(f'%({table}_{index})s::{kind}[]' for index, (_, kind) in enumerate(columns))}) AS u)"
     for table, columns in INDEX_TABLES.items()
-}
-# One statement (data-modifying CTEs) clears every index table of a resource.
-_DELETE_INDEX = "WITH " + ", ".join(
-    f"d_{table} AS (DELETE FROM search_{table} WHERE resource_id = %(pk)s)" for table in list(INDEX_TABLES)[:-1]
-) + f" DELETE FROM search_{list(INDEX_TABLES)[-1]} WHERE resource_id = %(pk)s"
+)
+_INSERT_SQL = (
+    "WITH w AS (INSERT INTO resource (resource_type, fhir_id, version_id, last_updated, content) "
+    "VALUES (%(resource_type)s, %(fhir_id)s, %(version_id)s, %(last_updated)s, %(content)s) "
+    "ON CONFLICT (resource_type, fhir_id) DO NOTHING RETURNING id), "
+    f"{_VERSION_CTE}, {_INSERT_INDEX_CTES} SELECT id FROM w"
+)
+_UPDATE_SQL = (
+    "WITH w AS (UPDATE resource SET version_id = %(version_id)s, last_updated = %(last_updated)s, deleted = false, "
+    "content = %(content)s WHERE id = %(pk)s RETURNING id), "
+    f"{_VERSION_CTE}, {_DELETE_INDEX_CTES}, {_INSERT_INDEX_CTES} SELECT id FROM w"
+)
+_DELETE_SQL = (
+    "WITH w AS (UPDATE resource SET version_id = %(version_id)s, last_updated = %(last_updated)s, deleted = true, "
+    "content = NULL WHERE id = %(pk)s RETURNING id), "
+    f"{_VERSION_CTE}, {_DELETE_INDEX_CTES} SELECT id FROM w"
+)
 
 _SELECT_CURRENT = (
     "SELECT id, version_id, last_updated, deleted, content FROM resource WHERE resource_type = %s AND fhir_id = %s"
@@ -116,44 +138,43 @@ async def vread(conn: AsyncConnection, resource_type: str, fhir_id: str, version
     return StoredResource(row[0], resource_type, fhir_id, version_id, row[1], row[2] is None, row[2])
 
 
-async def _write_index(conn: AsyncConnection, pk: int, resource_type: str, resource: dict[str, Any] | None,
-                       replace: bool) -> None:
-    if replace:
-        await conn.execute(_DELETE_INDEX, {"pk": pk})
-    if resource is None:
-        return
-    rows = extract_index(resource)
-    for table, columns in INDEX_TABLES.items():
-        table_rows = getattr(rows, table)
-        if table_rows:
-            await conn.execute(_INSERT_INDEX[table], (pk, resource_type, *map(list, zip(*table_rows))))
+async def _write(conn: AsyncConnection, sql: str, stored: StoredResource, method: str,
+                 resource: dict[str, Any] | None) -> int | None:
+    """Run one write statement for `stored`; returns the resource row id, None if nothing was written."""
+    params: dict[str, Any] = {
+        "pk": stored.pk, "resource_type": stored.resource_type, "fhir_id": stored.fhir_id,
+        "version_id": stored.version_id, "last_updated": stored.last_updated, "method": method,
+        "content": stored.content,
+    }
+    if resource is not None:
+        rows = extract_index(resource)
+        for table, columns in INDEX_TABLES.items():
+            table_rows = getattr(rows, table)
+            for index in range(len(columns)):
+                params[f"{table}_{index}"] = [row[index] for row in table_rows]
+    row = await (await conn.execute(sql, params)).fetchone()
+    return row[0] if row else None
 
 
-async def _append_version(conn: AsyncConnection, stored: StoredResource, method: str) -> None:
-    await conn.execute(
-        "INSERT INTO resource_version (resource_id, version_id, resource_type, fhir_id, last_updated, method, content)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (stored.pk, stored.version_id, stored.resource_type, stored.fhir_id, stored.last_updated, method,
-         stored.content),
-    )
+async def _insert(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str, method: str
+                  ) -> StoredResource | None:
+    """Insert version 1 under `fhir_id`; None if a resource with that id exists already."""
+    moment = _now()
+    stored = StoredResource(0, resource["resourceType"], fhir_id, 1, moment, False,
+                            _stamp(resource, fhir_id, 1, moment))
+    pk = await _write(conn, _INSERT_SQL, stored, method, resource)
+    if pk is None:
+        return None
+    stored.pk = pk
+    return stored
 
 
 async def create(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str | None = None) -> StoredResource:
     """Insert a new resource with a server-assigned id (or `fhir_id`), as version 1."""
-    resource_type = resource["resourceType"]
     fhir_id = fhir_id or new_id()
-    moment = _now()
-    content = _stamp(resource, fhir_id, 1, moment)
-    row = await (await conn.execute(
-        "INSERT INTO resource (resource_type, fhir_id, version_id, last_updated, content) "
-        "VALUES (%s, %s, 1, %s, %s) ON CONFLICT (resource_type, fhir_id) DO NOTHING RETURNING id",
-        (resource_type, fhir_id, moment, content),
-    )).fetchone()
-    if row is None:
-        raise FHIRError.of(409, "duplicate", f"{resource_type}/{fhir_id} already exists")
-    stored = StoredResource(row[0], resource_type, fhir_id, 1, moment, False, content)
-    await _append_version(conn, stored, "POST")
-    await _write_index(conn, stored.pk, resource_type, resource, replace=False)
+    stored = await _insert(conn, resource, fhir_id, "POST")
+    if stored is None:
+        raise FHIRError.of(409, "duplicate", f"{resource['resourceType']}/{fhir_id} already exists")
     return stored
 
 
@@ -168,17 +189,8 @@ async def update(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str, 
     if current is None:
         if if_match is not None:
             raise FHIRError.of(412, "conflict", f"{resource_type}/{fhir_id} does not exist, so If-Match cannot match")
-        moment = _now()
-        content = _stamp(resource, fhir_id, 1, moment)
-        row = await (await conn.execute(
-            "INSERT INTO resource (resource_type, fhir_id, version_id, last_updated, content) "
-            "VALUES (%s, %s, 1, %s, %s) ON CONFLICT (resource_type, fhir_id) DO NOTHING RETURNING id",
-            (resource_type, fhir_id, moment, content),
-        )).fetchone()
-        if row is not None:
-            stored = StoredResource(row[0], resource_type, fhir_id, 1, moment, False, content)
-            await _append_version(conn, stored, method)
-            await _write_index(conn, stored.pk, resource_type, resource, replace=False)
+        stored = await _insert(conn, resource, fhir_id, method)
+        if stored is not None:
             return stored, True
         # Another transaction created it meanwhile: this becomes an update of that version.
         current = await read(conn, resource_type, fhir_id, for_update=True)
@@ -191,14 +203,9 @@ async def update(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str, 
         return current, False
     moment = _now()
     version_id = current.version_id + 1
-    content = _stamp(resource, fhir_id, version_id, moment)
-    await conn.execute(
-        "UPDATE resource SET version_id = %s, last_updated = %s, deleted = false, content = %s WHERE id = %s",
-        (version_id, moment, content, current.pk),
-    )
-    stored = StoredResource(current.pk, resource_type, fhir_id, version_id, moment, False, content)
-    await _append_version(conn, stored, method)
-    await _write_index(conn, stored.pk, resource_type, resource, replace=True)
+    stored = StoredResource(current.pk, resource_type, fhir_id, version_id, moment, False,
+                            _stamp(resource, fhir_id, version_id, moment))
+    await _write(conn, _UPDATE_SQL, stored, method, resource)
     return stored, current.deleted
 
 
@@ -207,14 +214,8 @@ async def delete(conn: AsyncConnection, resource_type: str, fhir_id: str) -> Sto
     current = await read(conn, resource_type, fhir_id, for_update=True)
     if current is None or current.deleted:
         return None
-    moment = _now()
-    stored = StoredResource(current.pk, resource_type, fhir_id, current.version_id + 1, moment, True, None)
-    await conn.execute(
-        "UPDATE resource SET version_id = %s, last_updated = %s, deleted = true, content = NULL WHERE id = %s",
-        (stored.version_id, moment, current.pk),
-    )
-    await _append_version(conn, stored, "DELETE")
-    await _write_index(conn, stored.pk, resource_type, None, replace=True)
+    stored = StoredResource(current.pk, resource_type, fhir_id, current.version_id + 1, _now(), True, None)
+    await _write(conn, _DELETE_SQL, stored, "DELETE", None)
     return stored
 
 

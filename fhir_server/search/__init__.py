@@ -1,0 +1,1 @@
+"""Search: the parameter registry, index extraction, and the search engine over the index tables."""

@@ -1,0 +1,128 @@
+"""FHIR search value semantics shared by index extraction and querying: strings, date and number ranges, references."""
+
+import re
+import unicodedata
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import NamedTuple
+
+FAR_PAST = datetime(1, 1, 1, tzinfo=timezone.utc)
+FAR_FUTURE = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+# FHIR date, dateTime and instant, and the partial forms search allows (e.g. minutes without seconds).
+_DATE = re.compile(
+    r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
+    r"(Z|[+-]\d{2}:\d{2})?)?)?)?"
+)
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]+")
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+# Normalised strings are cut to this length: a B-tree index entry must stay under ~2,700 bytes.
+STRING_INDEX_LENGTH = 512
+
+
+def normalize_string(value: str) -> str:
+    """Lower case without accents, cut to the indexed length: how string search compares (R4 'case and
+    accent insensitive')."""
+    if value.isascii():
+        return value[:STRING_INDEX_LENGTH].lower()
+    decomposed = unicodedata.normalize("NFKD", value[:STRING_INDEX_LENGTH])
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()[:STRING_INDEX_LENGTH]
+
+
+def date_range(value: str) -> tuple[datetime, datetime]:
+    """The inclusive [low, high] instants a (partial) date or dateTime covers; raises ValueError.
+
+    Values without a time zone are read as UTC.
+    """
+    match = _DATE.fullmatch(value)
+    if match is None:
+        raise ValueError(f"not a FHIR date: {value!r}")
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    tz = timezone.utc
+    if zone and zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+    y = int(year)
+    if month is None:
+        low = datetime(y, 1, 1, tzinfo=tz)
+        return low, _end(datetime(y + 1, 1, 1, tzinfo=tz) if y < 9999 else None)
+    m = int(month)
+    if day is None:
+        low = datetime(y, m, 1, tzinfo=tz)
+        following = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=tz) if (y, m) != (9999, 12) else None
+        return low, _end(following)
+    low = datetime(y, m, int(day), int(hour or 0), int(minute or 0), int(second or 0), tzinfo=tz)
+    if hour is None:
+        step = timedelta(days=1)
+    elif second is None:
+        step = timedelta(minutes=1)
+    elif fraction is None:
+        step = timedelta(seconds=1)
+    else:
+        low = low.replace(microsecond=int(fraction[:6].ljust(6, "0")))
+        step = timedelta(microseconds=10 ** max(0, 6 - len(fraction)))
+    try:
+        return low, low + step - _MICROSECOND
+    except OverflowError:
+        return low, FAR_FUTURE
+
+
+def _end(following: datetime | None) -> datetime:
+    return following - _MICROSECOND if following is not None else FAR_FUTURE
+
+
+def decimal_of(value: object) -> Decimal:
+    """A JSON number (or its text) as a Decimal that keeps the written precision; raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    if isinstance(value, (Decimal, int)):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, str):
+        try:
+            number = Decimal(value)
+        except InvalidOperation:
+            raise ValueError(f"not a number: {value!r}") from None
+        if number.is_finite():
+            return number
+    raise ValueError(f"not a number: {value!r}")
+
+
+def number_range(number: Decimal) -> tuple[Decimal, Decimal]:
+    """The range the precision of `number` implies: 100 → [99.5, 100.5), 1.50 → [1.495, 1.505)."""
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)
+    half = Decimal(5).scaleb(exponent - 1)
+    return number - half, number + half
+
+
+class ReferenceTarget(NamedTuple):
+    """What a reference points to: `Type/id` as (type, id, None); an absolute URL as (type?, id?, url)."""
+
+    target_type: str | None
+    target_id: str | None
+    target_url: str | None
+
+
+def reference_target(reference: str) -> ReferenceTarget | None:
+    """Parse a reference string; None for contained (`#x`) and empty references."""
+    if not reference or reference.startswith("#"):
+        return None
+    if "://" in reference or reference.startswith("urn:"):
+        return ReferenceTarget(*_type_and_id(reference.split("/")), reference)
+    target_type, target_id = _type_and_id(reference.split("/"))
+    if target_type is None:
+        return ReferenceTarget(None, None, reference)
+    return ReferenceTarget(target_type, target_id, None)
+
+
+def _type_and_id(parts: list[str]) -> tuple[str | None, str | None]:
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) >= 2 and _RESOURCE_TYPE.fullmatch(parts[-2]) and _FHIR_ID.fullmatch(parts[-1]):
+        return parts[-2], parts[-1]
+    return None, None
