@@ -20,31 +20,31 @@ class ValueSet:
 
 
 @dataclass(frozen=True, slots=True)
-class Element:
+class ElementInfo:
     """What the map says about one JSON property: its type's element map, and the value set binding it (if any)."""
 
     type: str
-    children: dict[str, "Element"] | None
+    children: dict[str, "ElementInfo"] | None
     value_set: ValueSet | None
 
 
 @cache
-def element_maps() -> dict[str, dict[str, Element]]:
-    """Type name (or backbone path) → JSON property → Element, with types resolved to their own maps."""
+def element_maps() -> dict[str, dict[str, ElementInfo]]:
+    """Type name (or backbone path) → JSON property → ElementInfo, with types resolved to their own maps."""
     document = orjson.loads(BINDINGS_PATH.read_bytes())
     value_sets = {url: ValueSet(url, frozenset(code for codes in systems.values() for code in codes),
                                 frozenset((system, code) for system, codes in systems.items() for code in codes))
                   for url, systems in document["valueSets"].items()}
-    maps: dict[str, dict[str, Element]] = {name: {} for name in document["types"]}
+    maps: dict[str, dict[str, ElementInfo]] = {name: {} for name in document["types"]}
     for name, elements in document["types"].items():
         for key, spec in elements.items():
-            maps[name][key] = Element(spec[0], maps.get(spec[0]), value_sets[spec[1]] if len(spec) > 1 else None)
+            maps[name][key] = ElementInfo(spec[0], maps.get(spec[0]), value_sets[spec[1]] if len(spec) > 1 else None)
     return maps
 
 
 @cache
-def _primitive_extras() -> Element:
-    return Element("Element", element_maps()["Element"], None)
+def _primitive_extras() -> ElementInfo:
+    return ElementInfo("Element", element_maps()["Element"], None)
 
 
 def binding_issues(resource: dict[str, Any], resource_type: str) -> list[Issue]:
@@ -56,7 +56,7 @@ def binding_issues(resource: dict[str, Any], resource_type: str) -> list[Issue]:
     return issues
 
 
-def _walk(node: dict[str, Any], elements: dict[str, Element], path: str, issues: list[Issue]) -> None:
+def _walk(node: dict[str, Any], elements: dict[str, ElementInfo], path: str, issues: list[Issue]) -> None:
     for key, value in node.items():
         element = elements.get(key)
         if element is None:
@@ -71,7 +71,7 @@ def _walk(node: dict[str, Any], elements: dict[str, Element], path: str, issues:
             _visit(value, element, f"{path}.{key}", issues)
 
 
-def _visit(value: Any, element: Element, path: str, issues: list[Issue]) -> None:
+def _visit(value: Any, element: ElementInfo, path: str, issues: list[Issue]) -> None:
     if element.value_set is not None:
         _check_code(value, element, path, issues)
     if not isinstance(value, dict):
@@ -91,7 +91,7 @@ def _coding(value: Any) -> tuple[str, str] | None:
     return None
 
 
-def _check_code(value: Any, element: Element, path: str, issues: list[Issue]) -> None:
+def _check_code(value: Any, element: ElementInfo, path: str, issues: list[Issue]) -> None:
     value_set = element.value_set
     if element.type == "CodeableConcept":
         if not isinstance(value, dict):
@@ -102,10 +102,6 @@ def _check_code(value: Any, element: Element, path: str, issues: list[Issue]) ->
             found = ", ".join(f"{system}|{code}" for system, code in pairs) or "no coding with system and code"
             issues.append(Issue("code-invalid", f"None of the codings ({found}) is in the required value set "
                                 f"{value_set.url}", expression=(path,)))
-    elif element.type == "Coding":
-        if isinstance(value, dict) and _coding(value) not in value_set.codings:
-            issues.append(Issue("code-invalid", f"{value.get('system')}|{value.get('code')} is not in the required "
-                                f"value set {value_set.url}", expression=(path,)))
     elif isinstance(value, str) and value not in value_set.codes:
         issues.append(Issue("code-invalid", f"'{value}' is not in the required value set {value_set.url}",
                             expression=(path,)))

@@ -1,4 +1,4 @@
-"""Compile the R4 JSON Schema into the fast validator module at install time: `python -m fhir_server.validation.build`."""
+"""Compile the R4 JSON Schema into the fast validator module at install: `python -m fhir_server.validation.build`."""
 
 import py_compile
 import re

@@ -110,7 +110,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= SHORT else text[:SHORT] + "..."
 
 
-def fhir_path(base: str, path: Any) -> str:
+def _fhir_path(base: str, path: Any) -> str:
     text = base
     for step in path:
         text += f"[{step}]" if isinstance(step, int) else f".{step}"
@@ -118,7 +118,7 @@ def fhir_path(base: str, path: Any) -> str:
 
 
 def _issues(error: ValidationError, base: str) -> Iterator[Issue]:
-    path = fhir_path(base, error.absolute_path)
+    path = _fhir_path(base, error.absolute_path)
     instance = error.instance
     if error.validator == "additionalProperties":
         known = error.schema.get("properties", {})
