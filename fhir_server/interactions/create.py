@@ -21,5 +21,5 @@ async def create(conn: AsyncConnection, req: FHIRRequest, fhir_id: str | None = 
             existing = await repository.read(conn, req.resource_type, matches[0][1])
             return resource_outcome(200, existing, req.base_url, location=True)
     # The spec: an id in the body of a create is ignored; the server assigns one.
-    stored = await repository.create(conn, resource, fhir_id)
+    stored = await repository.create(conn, resource, fhir_id, base_url=req.base_url)
     return resource_outcome(201, stored, req.base_url, location=True)

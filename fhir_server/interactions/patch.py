@@ -43,5 +43,5 @@ async def patch(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     if patched.get("resourceType") != req.resource_type or patched.get("id") != fhir_id:
         raise FHIRError.of(422, "processing", "A patch may not change the resourceType or id")
     resource = require_resource(patched, req.resource_type)
-    stored, _ = await repository.update(conn, resource, fhir_id, method="PATCH")
+    stored, _ = await repository.update(conn, resource, fhir_id, method="PATCH", base_url=req.base_url)
     return resource_outcome(200, stored, req.base_url)

@@ -18,7 +18,8 @@ async def update(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
         raise FHIRError.of(400, "invalid", f"The id '{body_id}' in the body does not match '{req.id}' in the URL",
                            f"{req.resource_type}.id")
     if_match = parse_version_tag(req.header("if-match"), "If-Match")
-    stored, created = await repository.update(conn, resource, req.id, if_match=if_match)
+    stored, created = await repository.update(conn, resource, req.id, if_match=if_match,
+                                              base_url=req.base_url)
     return resource_outcome(201 if created else 200, stored, req.base_url, location=created)
 
 
@@ -38,5 +39,6 @@ async def conditional_update(conn: AsyncConnection, req: FHIRRequest) -> Outcome
     else:
         fhir_id = body_id or repository.new_id()
     if_match = parse_version_tag(req.header("if-match"), "If-Match")
-    stored, created = await repository.update(conn, resource, fhir_id, if_match=if_match)
+    stored, created = await repository.update(conn, resource, fhir_id, if_match=if_match,
+                                              base_url=req.base_url)
     return resource_outcome(201 if created else 200, stored, req.base_url, location=created)

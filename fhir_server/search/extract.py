@@ -20,6 +20,7 @@ UriRow = tuple[str, str]
 ReferenceRow = tuple[str | None, str | None, str | None, str | None]
 
 ISO_4217 = "urn:iso:std:iso:4217"
+MAX_INDEXED_TEXT = 1000
 _NAME_PARTS = ("prefix", "given", "family", "suffix")
 _ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country")
 
@@ -61,7 +62,16 @@ def extract_index(resource: dict[str, Any], base_url: str | None = None) -> Inde
         if target is not None and target not in covered:
             covered.add(target)
             rows["reference"][(None, *target)] = None
-    return IndexRows(**{table: list(found) for table, found in rows.items()})
+    # String rows are already cut to STRING_INDEX_LENGTH where indexed (value_exact is not indexed).
+    return IndexRows(**{table: list(found) if table == "string" else [_bounded(row) for row in found]
+                        for table, found in rows.items()})
+
+
+def _bounded(row: tuple) -> tuple:
+    """The row with long texts cut: a B-tree entry must stay under ~2.7 KB, or the write would fail."""
+    if any(isinstance(value, str) and len(value) > MAX_INDEXED_TEXT for value in row):
+        return tuple(value[:MAX_INDEXED_TEXT] if isinstance(value, str) else value for value in row)
+    return row
 
 
 def _target(reference: str, local_prefix: str | None) -> ReferenceTarget | None:

@@ -191,3 +191,20 @@ def test_pretty_and_json_format(client: httpx.Client) -> None:
     assert pretty.status_code == 200
     assert b"\n  " in pretty.content
     assert client.get(f"/Patient/{pid}", headers={"Accept": "application/json"}).status_code == 200
+
+
+def test_absolute_reference_to_this_server_counts_as_local(client: httpx.Client) -> None:
+    base = str(client.base_url).rstrip("/")
+    pid = client.post("/Patient", json=patient()).json()["id"]
+    task = client.post("/Task", json={"resourceType": "Task", "status": "draft", "intent": "order",
+                                      "for": {"reference": f"{base}/Patient/{pid}"}}).json()
+    assert [e["resource"]["id"] for e in client.get("/Task", params={"patient": pid}).json()["entry"]] == [task["id"]]
+    assert client.delete(f"/Patient/{pid}").status_code == 409
+
+
+def test_very_long_values_are_stored_and_found(client: httpx.Client) -> None:
+    code = "x" * 5000
+    response = client.post("/Patient", json=patient(identifier=[{"system": "urn:long", "value": code}],
+                                                     name=[{"family": "L" * 5000}]))
+    assert response.status_code == 201, response.text
+    assert client.get(f"/Patient/{response.json()['id']}").json()["identifier"][0]["value"] == code

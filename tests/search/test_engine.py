@@ -246,6 +246,8 @@ async def test_summary_count_and_totals(aconn, patients):
     assert "total" not in await run(aconn, "Patient", "_total=none")
     assert isinstance((await run(aconn, "Patient", "_count=1&_total=estimate"))["total"], int)
     assert (await run(aconn, "Patient", "family=sm"))["total"] == 2  # one page holds everything
+    assert "total" not in await run(aconn, "Patient", "_count=0")
+    assert (await run(aconn, "Patient", "_count=0&_total=accurate"))["total"] == 4
 
 
 async def test_unknown_parameters_strict_and_lenient(aconn, patients):
@@ -312,3 +314,9 @@ async def test_find_matches(aconn, patients, db):
     with pytest.raises(FHIRError) as error:
         await find_matches(aconn, "Patient", [("nonsense", "1")])
     assert error.value.status == 400
+
+
+async def test_long_strings_are_stored_and_found(aconn, store):
+    store({"resourceType": "DocumentReference", "id": "long", "status": "current", "content": [],
+           "description": "Discharge summary " + "x" * 5000})
+    assert await ids(aconn, "DocumentReference", "description=discharge sum") == ["long"]

@@ -140,3 +140,10 @@ def test_references_to_this_server_are_indexed_as_relative():
     rows = extract_index(task, base_url="http://test.local/fhir/").reference
     assert ("patient", "Patient", "p1", None) in rows and ("subject", "Patient", "p1", None) in rows
     assert (None, "Practitioner", "d1", None) in rows
+
+
+def test_long_strings_are_cut_to_fit_the_index():
+    document = {"resourceType": "DocumentReference", "id": "d", "status": "current", "content": [],
+                "description": "é" * 5000}
+    [(param, value, exact)] = extract_index(document).string
+    assert len(value) == 512 and value == "e" * 512 and exact == "é" * 5000

@@ -30,7 +30,7 @@ def test_resolve_stand_in_checks_the_reference_type():
     assert patient.evaluate(communication) == [{"reference": "http://elsewhere.org/fhir/Patient/p2"}]
 
 
-def test_choice_types_go_through_fhirpath():
+def test_choice_types_read_the_typed_element():
     value = parameters_for("Observation")["value-quantity"]
     observation = {"resourceType": "Observation", "valueQuantity": {"value": 5.4, "unit": "mg"}}
     assert [q["unit"] for q in value.evaluate(observation)] == ["mg"]
