@@ -17,12 +17,24 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
+
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+
+if __package__:
+    from . import http1
+else:
+    import http1
 
 REPO = Path(__file__).resolve().parent.parent
 FHIR_JSON = "application/fhir+json"
@@ -143,66 +155,110 @@ def transaction_bundle(n: int) -> dict:
 
 TRANSACTION_ENTRIES = 2 * TRANSACTION_PATIENTS
 
-Send = Callable[[httpx.AsyncClient, int], Awaitable[str | None]]
-"""One request of a phase: given the client and the request's number, the error it met, or None."""
+
+class Client(Protocol):
+    """One concurrent worker's way to the server."""
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        """Send `body` to `path` ("" or "/..." after the FHIR base); the response's status and body."""
+        ...
 
 
-def failure(response: httpx.Response) -> str:
-    return f"{response.request.method} {response.request.url} -> {response.status_code}: " \
-           f"{response.text[:ERROR_BODY_CHARS]}"
+@dataclass
+class HttpxClient:
+    """Requests through a shared httpx client, whose pool holds one connection per worker."""
+
+    client: httpx.AsyncClient
+    base_url: str
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        response = await self.client.request(method, f"{self.base_url}{path}", content=body or None,
+                                             headers=HEADERS)
+        return response.status_code, response.content
 
 
-def created_id(response: httpx.Response) -> str | None:
-    """The logical id from the Location header (`.../Patient/{id}/_history/{vid}`), else from the body."""
-    parts = response.headers.get("location", "").split("/")
-    if "Patient" in parts and parts.index("Patient") + 1 < len(parts):
-        return parts[parts.index("Patient") + 1]
-    with contextlib.suppress(ValueError):
-        return response.json().get("id")
-    return None
+@dataclass
+class RawClient:
+    """Requests on the worker's own `http1` connection: about a tenth of httpx's CPU per request."""
+
+    connection: http1.Connection
+    base_path: bytes
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        return await self.connection.request(method.encode(), self.base_path + path.encode() or b"/", body)
+
+
+CLIENTS = ("raw", "httpx")
+REQUEST_ERRORS = (httpx.HTTPError, *http1.ERRORS, ValueError)
+"""What a request may raise: transport failures of either client, and a body that is not the JSON expected."""
+
+
+@contextlib.asynccontextmanager
+async def open_clients(kind: str, base_url: str, count: int) -> AsyncIterator[list[Client]]:
+    """`count` clients of `kind` (one per concurrent worker) on fresh keep-alive connections."""
+    if kind == "httpx":
+        limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+        async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_SECONDS, trust_env=False) as client:
+            yield [HttpxClient(client, base_url)] * count
+        return
+    url = urlsplit(base_url)
+    connections = [http1.Connection(url.hostname or "127.0.0.1", url.port or 80, HEADERS,
+                                    REQUEST_TIMEOUT_SECONDS) for _ in range(count)]
+    try:
+        yield [RawClient(connection, url.path.encode()) for connection in connections]
+    finally:
+        for connection in connections:
+            await connection.aclose()
+
+
+Send = Callable[[Client, int], Awaitable[str | None]]
+"""One request of a phase: given the worker's client and the request's number, the error it met, or None."""
+
+
+def failure(method: str, path: str, status: int, body: bytes) -> str:
+    return f"{method} {path} -> {status}: {body[:ERROR_BODY_CHARS].decode(errors='replace')}"
 
 
 @dataclass
 class Workload:
     """The four phases' requests against one FHIR base; reads use the Patients that the creates made."""
 
-    base_url: str
     patient_ids: list[str] = field(default_factory=list)
 
-    async def create(self, client: httpx.AsyncClient, n: int) -> str | None:
-        body = json.dumps(patient(len(self.patient_ids) + n))
-        response = await client.post(f"{self.base_url}/Patient", content=body, headers=HEADERS)
-        if response.status_code != 201:
-            return failure(response)
-        patient_id = created_id(response)
-        if patient_id is None:
-            return f"201 without a Location or id: {response.text[:ERROR_BODY_CHARS]}"
+    async def create(self, client: Client, n: int) -> str | None:
+        body = orjson.dumps(patient(len(self.patient_ids) + n))
+        status, content = await client.request("POST", "/Patient", body)
+        if status != 201:
+            return failure("POST", "/Patient", status, content)
+        patient_id = orjson.loads(content).get("id")
+        if not isinstance(patient_id, str):
+            return failure("POST", "/Patient", status, content) + " (no id)"
         self.patient_ids.append(patient_id)
         return None
 
-    async def read(self, client: httpx.AsyncClient, n: int) -> str | None:
+    async def read(self, client: Client, n: int) -> str | None:
         if not self.patient_ids:
             return "no Patient to read: every create failed"
         # A stride through the ids so that consecutive reads hit different rows.
-        patient_id = self.patient_ids[(n * 7919) % len(self.patient_ids)]
-        response = await client.get(f"{self.base_url}/Patient/{patient_id}", headers=HEADERS)
-        return None if response.status_code == 200 else failure(response)
+        path = f"/Patient/{self.patient_ids[(n * 7919) % len(self.patient_ids)]}"
+        status, content = await client.request("GET", path)
+        return None if status == 200 else failure("GET", path, status, content)
 
-    async def search(self, client: httpx.AsyncClient, n: int) -> str | None:
-        family = FAMILY_NAMES[n % len(FAMILY_NAMES)]
-        response = await client.get(f"{self.base_url}/Patient", params={"family": family}, headers=HEADERS)
-        return None if response.status_code == 200 else failure(response)
+    async def search(self, client: Client, n: int) -> str | None:
+        # The names are plain ASCII letters, so the query needs no percent-encoding.
+        path = f"/Patient?family={FAMILY_NAMES[n % len(FAMILY_NAMES)]}"
+        status, content = await client.request("GET", path)
+        return None if status == 200 else failure("GET", path, status, content)
 
-    async def transaction(self, client: httpx.AsyncClient, n: int) -> str | None:
-        body = json.dumps(transaction_bundle(n))
-        response = await client.post(self.base_url, content=body, headers=HEADERS)
-        if response.status_code != 200:
-            return failure(response)
-        bundle = response.json()
+    async def transaction(self, client: Client, n: int) -> str | None:
+        status, content = await client.request("POST", "", orjson.dumps(transaction_bundle(n)))
+        if status != 200:
+            return failure("POST", "", status, content)
+        bundle = orjson.loads(content)
         statuses = [entry.get("response", {}).get("status", "") for entry in bundle.get("entry", [])]
         if bundle.get("type") != "transaction-response" or len(statuses) != TRANSACTION_ENTRIES \
                 or not all(status.startswith("201") for status in statuses):
-            return f"unexpected transaction-response: {response.text[:ERROR_BODY_CHARS]}"
+            return f"unexpected transaction-response: {content[:ERROR_BODY_CHARS].decode(errors='replace')}"
         return None
 
 
@@ -248,9 +304,9 @@ class Result:
         return summary
 
 
-async def drive(client: httpx.AsyncClient, send: Send, concurrency: int, count: int, seconds: float,
-                phase: str, entries_per_request: int) -> Result:
-    """Send up to `count` requests from `concurrency` workers, stopping early when `seconds` run out."""
+async def drive(clients: list[Client], send: Send, count: int, seconds: float, phase: str,
+                entries_per_request: int) -> Result:
+    """Send up to `count` requests from one worker per client, stopping early when `seconds` run out."""
     issued = 0
     latencies: list[float] = []
     errors: list[str] = []
@@ -258,7 +314,7 @@ async def drive(client: httpx.AsyncClient, send: Send, concurrency: int, count: 
     cpu_start = time.process_time()
     deadline = start + seconds
 
-    async def worker() -> None:
+    async def worker(client: Client) -> None:
         nonlocal issued
         while issued < count and time.perf_counter() < deadline:
             n = issued
@@ -266,30 +322,29 @@ async def drive(client: httpx.AsyncClient, send: Send, concurrency: int, count: 
             sent = time.perf_counter()
             try:
                 error = await send(client, n)
-            except (httpx.HTTPError, ValueError) as exc:
+            except REQUEST_ERRORS as exc:
                 error = f"{type(exc).__name__}: {exc}"
             latencies.append((time.perf_counter() - sent) * 1000)
             if error is not None:
                 errors.append(error)
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Result(phase, concurrency, len(latencies), len(errors), time.perf_counter() - start, latencies,
+    await asyncio.gather(*(worker(client) for client in clients))
+    return Result(phase, len(clients), len(latencies), len(errors), time.perf_counter() - start, latencies,
                   entries_per_request, errors[0] if errors else None, time.process_time() - cpu_start)
 
 
-async def run_phase(send: Send, phase: str, concurrency: int, count: int, seconds: float, warmup: int,
-                    entries_per_request: int = 1) -> Result:
-    """Warm up, then measure, on a fresh keep-alive client with one connection per concurrent worker."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_SECONDS, trust_env=False) as client:
-        await drive(client, send, concurrency, warmup, seconds, phase, entries_per_request)
-        result = await drive(client, send, concurrency, count, seconds, phase, entries_per_request)
+async def run_phase(base_url: str, options: argparse.Namespace, send: Send, phase: str, concurrency: int,
+                    count: int, warmup: int, entries_per_request: int) -> Result:
+    """Warm up, then measure, on fresh keep-alive clients with one connection per concurrent worker."""
+    async with open_clients(options.client, base_url, concurrency) as clients:
+        await drive(clients, send, warmup, options.seconds, phase, entries_per_request)
+        result = await drive(clients, send, count, options.seconds, phase, entries_per_request)
     print_row(result)
     return result
 
 
 async def run_all(base_url: str, options: argparse.Namespace) -> list[Result]:
-    workload = Workload(base_url)
+    workload = Workload()
     phases: list[tuple[str, Send, int, int, int]] = [
         ("create", workload.create, options.requests, WARMUP_REQUESTS, 1),
         ("read", workload.read, options.requests, WARMUP_REQUESTS, 1),
@@ -300,7 +355,7 @@ async def run_all(base_url: str, options: argparse.Namespace) -> list[Result]:
     results = []
     for phase, send, count, warmup, entries in phases:
         for concurrency in (1, options.concurrency):
-            results.append(await run_phase(send, phase, concurrency, count, options.seconds, warmup, entries))
+            results.append(await run_phase(base_url, options, send, phase, concurrency, count, warmup, entries))
     return results
 
 
@@ -436,6 +491,9 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--transactions", type=int, default=50,
                         help=f"transaction Bundles ({TRANSACTION_ENTRIES} entries each) per run (default 50)")
     parser.add_argument("--seconds", type=float, default=20, help="time limit per run (default 20)")
+    parser.add_argument("--client", choices=CLIENTS, default="raw",
+                        help="HTTP client of the measured requests: raw (bench/http1.py, little CPU per request; "
+                             "default) or httpx, to compare")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     return parser.parse_args(argv)
 
@@ -447,8 +505,9 @@ def write_json(path: Path, base_url: str, options: argparse.Namespace, results: 
         "workers": options.workers if options.base_url is None else None,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        "event_loop": event_loop_name(),
         "options": {"concurrency": options.concurrency, "requests": options.requests,
-                    "transactions": options.transactions, "seconds": options.seconds},
+                    "transactions": options.transactions, "seconds": options.seconds, "client": options.client},
         "results": [result.as_json() for result in results],
         "targets_concurrent_requests_per_second": TARGETS_CONCURRENT,
         "medplum": {"version": MEDPLUM_VERSION, "concurrency": MEDPLUM_CONCURRENCY,
@@ -457,8 +516,24 @@ def write_json(path: Path, base_url: str, options: argparse.Namespace, results: 
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
+T = TypeVar("T")
+
+
+def run_event_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` on uvloop when it is installed: a cheaper loop leaves more of the CPUs to the server."""
+    if uvloop is None:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+def event_loop_name() -> str:
+    return "asyncio" if uvloop is None else "uvloop"
+
+
 def benchmark(base_url: str, options: argparse.Namespace) -> int:
-    results = asyncio.run(run_all(base_url.rstrip("/"), options))
+    print(f"client: {options.client} on {event_loop_name()}", file=sys.stderr)
+    results = run_event_loop(run_all(base_url.rstrip("/"), options))
     print_reference(results, options.concurrency)
     error_rate = report_errors(results)
     if options.json:
@@ -474,6 +549,9 @@ def main() -> int:
     # SIGTERM unwinds like Ctrl-C, so a started server is always stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if options.base_url:
+        if options.client == "raw" and urlsplit(options.base_url).scheme != "http":
+            print(f"--client raw speaks plain http only, not {options.base_url}", file=sys.stderr)
+            return 2
         if not is_loopback(options.base_url):
             print(f"--base-url must be a loopback address, not {options.base_url}", file=sys.stderr)
             return 2

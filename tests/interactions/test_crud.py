@@ -208,3 +208,11 @@ def test_very_long_values_are_stored_and_found(client: httpx.Client) -> None:
                                                      name=[{"family": "L" * 5000}]))
     assert response.status_code == 201, response.text
     assert client.get(f"/Patient/{response.json()['id']}").json()["identifier"][0]["value"] == code
+
+
+def test_patch_whose_test_operation_fails_is_422(client: httpx.Client) -> None:
+    pid = client.post("/Patient", json=patient()).json()["id"]
+    response = client.patch(f"/Patient/{pid}", content='[{"op":"test","path":"/gender","value":"male"}]',
+                            headers={"Content-Type": "application/json-patch+json"})
+    assert response.status_code == 422
+    assert response.json()["resourceType"] == "OperationOutcome"
