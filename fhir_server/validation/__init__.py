@@ -1,9 +1,10 @@
-"""Validation of every write against FHIR R4 4.0.1: JSON structure plus required code bindings."""
+"""Validation of every write against FHIR R4 4.0.1: JSON structure, plus the element rules (cardinality, choice
+types, integers, required code bindings) the JSON Schema leaves out."""
 
 from typing import Any
 
 from fhir_server.errors import Issue
-from fhir_server.validation.bindings import binding_issues
+from fhir_server.validation.elements import element_issues
 from fhir_server.validation.schema import resource_types, schema_issues
 
 
@@ -20,11 +21,11 @@ def validate_resource(resource: object, expected_type: str | None = None) -> lis
         return [Issue("invalid", f"Expected a {expected_type} resource, got {resource_type}",
                       expression=("resourceType",))]
     try:
-        bindings = binding_issues(resource, resource_type)
+        elements = element_issues(resource, resource_type)
         structure = schema_issues(resource, resource_type)
     except RecursionError:
         return [Issue("structure", "The resource is nested too deeply to validate", expression=(resource_type,))]
-    # The schema also lists the codes of some bindings; report each bad code once, as the binding violation.
-    bound_paths = {issue.expression for issue in bindings}
-    return [issue for issue in structure
-            if not (issue.code == "code-invalid" and issue.expression in bound_paths)] + bindings
+    # The schema sees some of the same problems (a code outside an enum, an array where one value belongs):
+    # report each such element once, in the terms of the FHIR rule the element walk checked.
+    walked = {issue.expression for issue in elements}
+    return [issue for issue in structure if issue.expression not in walked] + elements

@@ -120,6 +120,8 @@ def _fhir_path(base: str, path: Any) -> str:
 def _issues(error: ValidationError, base: str) -> Iterator[Issue]:
     path = _fhir_path(base, error.absolute_path)
     instance = error.instance
+    if error.validator == "required":
+        return  # the element walk reports every missing element (elements.py), at the missing element's path
     if error.validator == "additionalProperties":
         known = error.schema.get("properties", {})
         for name in instance:

@@ -176,7 +176,8 @@ def test_deep_nesting_does_not_raise() -> None:
 
 def test_any_json_value_anywhere_does_not_raise() -> None:
     values: list[Any] = [None, True, 0, -1.5, "", "x", [], [None], {}, {"system": ["x"], "code": {}},
-                         {"coding": [{"system": [], "code": None}]}, [{"resourceType": 5}], {"resourceType": "Patient"}]
+                         {"coding": [{"system": [], "code": None}]}, [{"resourceType": 5}], [{"resourceType": ["Patient"]}],
+                         {"resourceType": "Patient"}, 1.5, 2**40]
     rng = random.Random(4)
     originals = [json.loads(path.read_text()) for path in EXAMPLES]
     for _ in range(1500):
