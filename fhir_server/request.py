@@ -31,6 +31,14 @@ class FHIRRequest:
     """Lower-case header names."""
     body: Any = None
     """The parsed JSON body, if any."""
+    principal: Any = None
+    """The authenticated caller (`auth.enforce.Principal`), None when authorization is off."""
+    assigned_id: str | None = None
+    """The id a transaction assigned to a create whose fullUrl others reference."""
+    deferred_reference_check: bool = False
+    """A transaction checks references to deleted resources once, after all its entries ..."""
+    deleted_targets: list[tuple[str, str]] = field(default_factory=list)
+    """... the (type, id) pairs its deletes leave here for that check."""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)

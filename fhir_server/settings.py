@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -9,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIR_", extra="ignore")
 
+    auth: Literal["none", "smart"] = "none"
+    """`smart` requires a SMART/OAuth2 bearer token on every request; `none` is refused beyond loopback."""
     database_url: str | None = None
     """PostgreSQL (with pgvector) to use; unset means an embedded server in `data_dir`."""
     data_dir: Path = Path(".fhir-data")
@@ -20,6 +23,12 @@ class Settings(BaseSettings):
     enforce_referential_integrity_on_delete: bool = True
     allow_multiple_delete: bool = False
     db_pool_size: int = 10
+    mrn_system: str = "urn:fhir-server:mrn"
+    """Identifier.system of the medical record numbers the server assigns to Patients created without one."""
+    mrn_format: str = "MRN-{year}{number:06d}"
+    """str.format template of an assigned MRN: `year` (of assignment) and `number` (from a sequence)."""
+    match_max_candidates: int = 200
+    """Patient/$match scores at most this many blocked candidates per request."""
 
 
 @lru_cache(maxsize=1)

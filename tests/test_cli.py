@@ -77,3 +77,9 @@ def test_serve_embedded_stops_database_and_keeps_data(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         process.wait(30)
     assert not postgres_running(data_dir)
+
+
+def test_serve_refuses_open_host_without_authorization() -> None:
+    result = run_cli("serve", "--host", "0.0.0.0", "--port", "1", env={"FHIR_AUTH": "none"})
+    assert result.returncode == 2
+    assert "FHIR_AUTH=none is allowed only on a loopback address" in result.stderr

@@ -11,6 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fhir_server.auth.enforce import Principal
+from fhir_server.dispatch import dispatch
 from fhir_server.errors import FHIRError, Issue, operation_outcome
 from fhir_server.interactions import create, patch, transaction, update
 from fhir_server.interactions.capabilities import capability_statement_bytes
@@ -175,12 +177,15 @@ class FHIRApplication:
             else:
                 handler = route(req)
             write = handler in WRITE_HANDLERS
+            if self.settings.auth == "smart" and req.operation != "metadata":
+                req.principal = await self._authenticate(request, req)
+            run = handler if handler is transaction.process else dispatch
             async with self.pool.connection() as conn:
                 if _needs_transaction(req, handler):
                     async with conn.transaction():
-                        outcome = await handler(conn, req)
+                        outcome = await run(conn, req)
                 else:
-                    outcome = await handler(conn, req)
+                    outcome = await run(conn, req)
         except FHIRError as error:
             outcome = error_outcome(error)
         except Exception:
@@ -190,6 +195,23 @@ class FHIRApplication:
                 "exception", f"Internal server error; quote request id {request_id} to the operator")])),
                 headers={"X-Request-Id": request_id})
         return _render(req, outcome, request, write)
+
+
+    async def _authenticate(self, request: Request, req: FHIRRequest) -> Principal:
+        """The caller of a bearer token, or 401 with a WWW-Authenticate challenge (RFC 6750)."""
+        from fhir_server.auth.tokens import InvalidToken, verify_access_token
+
+        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+        challenge = 'Bearer realm="fhir-server"'
+        if scheme.lower() != "bearer" or not token.strip():
+            raise FHIRError(401, [Issue("login", "This server requires a SMART bearer token")],
+                            {"WWW-Authenticate": challenge})
+        try:
+            access = await verify_access_token(self.pool, token.strip(), req.base_url)
+        except InvalidToken as error:
+            raise FHIRError(401, [Issue("login", f"Invalid bearer token: {error}")],
+                            {"WWW-Authenticate": f'{challenge}, error="invalid_token"'}) from None
+        return Principal.of(access)
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> Response:

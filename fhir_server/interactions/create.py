@@ -8,8 +8,8 @@ from fhir_server.request import FHIRRequest, Outcome, resource_outcome
 from fhir_server.storage import repository
 
 
-async def create(conn: AsyncConnection, req: FHIRRequest, fhir_id: str | None = None) -> Outcome:
-    """Create; `fhir_id` is given by a transaction that assigned the id of a `urn:uuid:` entry."""
+async def create(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
+    """Create; `req.assigned_id` is set by a transaction that assigned the id of a `urn:uuid:` entry."""
     resource = require_resource(req.body, req.resource_type)
     condition = req.header("if-none-exist")
     if condition:
@@ -21,5 +21,5 @@ async def create(conn: AsyncConnection, req: FHIRRequest, fhir_id: str | None = 
             existing = await repository.read(conn, req.resource_type, matches[0][1])
             return resource_outcome(200, existing, req.base_url, location=True)
     # The spec: an id in the body of a create is ignored; the server assigns one.
-    stored = await repository.create(conn, resource, fhir_id, base_url=req.base_url)
+    stored = await repository.create(conn, resource, req.assigned_id, base_url=req.base_url)
     return resource_outcome(201, stored, req.base_url, location=True)

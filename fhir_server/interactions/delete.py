@@ -12,17 +12,17 @@ from fhir_server.storage import repository
 MAX_CONDITIONAL_DELETES = 100
 
 
-async def delete(conn: AsyncConnection, req: FHIRRequest, *, check_references: bool = True) -> Outcome:
-    """`check_references=False` lets a transaction check once after all its entries have run."""
+async def delete(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     deleted = await repository.delete(conn, req.resource_type, req.id)
     if deleted is None:
         return Outcome(204)
-    if check_references and get_settings().enforce_referential_integrity_on_delete:
-        await repository.ensure_not_referenced(conn, [(req.resource_type, req.id)])
+    req.deleted_targets.append((req.resource_type, req.id))
+    if not req.deferred_reference_check and get_settings().enforce_referential_integrity_on_delete:
+        await repository.ensure_not_referenced(conn, req.deleted_targets)
     return Outcome(204, etag=deleted.etag, last_modified=deleted.last_updated)
 
 
-async def conditional_delete(conn: AsyncConnection, req: FHIRRequest, *, check_references: bool = True) -> Outcome:
+async def conditional_delete(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     """DELETE Type?criteria: one match is deleted; several are deleted only if the server allows it."""
     settings = get_settings()
     matches = await matches_locked(conn, req.resource_type, req.query)
@@ -34,10 +34,9 @@ async def conditional_delete(conn: AsyncConnection, req: FHIRRequest, *, check_r
         if len(matches) > MAX_CONDITIONAL_DELETES:
             raise FHIRError.of(412, "too-costly", f"The criteria match more than {MAX_CONDITIONAL_DELETES} "
                                                   f"{req.resource_type} resources")
-    targets = []
     for _, fhir_id, _ in matches:
         if await repository.delete(conn, req.resource_type, fhir_id) is not None:
-            targets.append((req.resource_type, fhir_id))
-    if check_references and settings.enforce_referential_integrity_on_delete:
-        await repository.ensure_not_referenced(conn, targets)
+            req.deleted_targets.append((req.resource_type, fhir_id))
+    if not req.deferred_reference_check and settings.enforce_referential_integrity_on_delete:
+        await repository.ensure_not_referenced(conn, req.deleted_targets)
     return Outcome(204)

@@ -13,10 +13,10 @@ import orjson
 from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError, Issue
-from fhir_server.interactions import create, delete
 from fhir_server.interactions.common import matches_locked, parse_condition
 from fhir_server.request import FHIRRequest, Outcome, error_outcome
-from fhir_server.router import parse_entry_url, route
+from fhir_server.dispatch import dispatch
+from fhir_server.router import parse_entry_url
 from fhir_server.search.engine import find_matches
 from fhir_server.settings import get_settings
 from fhir_server.storage import repository
@@ -47,7 +47,9 @@ def _entry_list(bundle: dict[str, Any]) -> list[Any]:
     return entries
 
 
-def _parse_entries(bundle: dict[str, Any], base_url: str, prefer: str | None) -> list[FHIRRequest]:
+def _parse_entries(bundle: dict[str, Any], outer: FHIRRequest) -> list[FHIRRequest]:
+    """The entries as requests, made on behalf of the same caller as the Bundle."""
+    prefer = outer.header("prefer")
     requests = []
     for index, entry in enumerate(_entry_list(bundle)):
         request = entry.get("request") if isinstance(entry, dict) else None
@@ -57,12 +59,13 @@ def _parse_entries(bundle: dict[str, Any], base_url: str, prefer: str | None) ->
                                                  "PUT, PATCH or DELETE) and request.url",
                                f"Bundle.entry[{index}].request")
         try:
-            req = parse_entry_url(request["url"], request["method"], base_url)
+            req = parse_entry_url(request["url"], request["method"], outer.base_url)
         except FHIRError as error:
             raise _entry_error(index, error) from None
         req.headers = {header: str(request[key]) for key, header in HEADERS.items() if request.get(key)}
         if prefer:
             req.headers["prefer"] = prefer
+        req.principal = outer.principal
         req.body = entry.get("resource")
         if req.method == "PATCH":
             req.body = _patch_document(req.body, index)
@@ -111,12 +114,10 @@ def _references(node: Any):
             yield from _references(value)
 
 
-async def _assign_ids(conn: AsyncConnection, requests: list[FHIRRequest], bundle: dict[str, Any]
-                      ) -> tuple[dict[str, str], dict[int, str]]:
-    """Map each entry fullUrl to the `Type/id` it will have; new ids for POST entries by entry index."""
+async def _assign_ids(conn: AsyncConnection, requests: list[FHIRRequest], bundle: dict[str, Any]) -> dict[str, str]:
+    """Map each entry fullUrl to the `Type/id` it will have, assigning the ids of new resources."""
     mapping: dict[str, str] = {}
-    new_ids: dict[int, str] = {}
-    for index, (req, entry) in enumerate(zip(requests, bundle.get("entry") or [])):
+    for req, entry in zip(requests, bundle.get("entry") or []):
         full_url = entry.get("fullUrl")
         if req.method == "POST" and req.resource_type and req.operation is None and not req.search:
             fhir_id = None
@@ -126,7 +127,7 @@ async def _assign_ids(conn: AsyncConnection, requests: list[FHIRRequest], bundle
                 if len(matches) == 1:
                     fhir_id = matches[0][1]
             if fhir_id is None:
-                fhir_id = new_ids[index] = repository.new_id()
+                fhir_id = req.assigned_id = repository.new_id()
             if full_url:
                 mapping[full_url] = f"{req.resource_type}/{fhir_id}"
         elif req.method == "PUT" and full_url and req.resource_type:
@@ -139,7 +140,7 @@ async def _assign_ids(conn: AsyncConnection, requests: list[FHIRRequest], bundle
                 elif not matches:
                     req.body.setdefault("id", repository.new_id())
                     mapping[full_url] = f"{req.resource_type}/{req.body['id']}"
-    return mapping, new_ids
+    return mapping
 
 
 async def _resolve_references(conn: AsyncConnection, requests: list[FHIRRequest], mapping: dict[str, str]) -> None:
@@ -163,46 +164,37 @@ async def _resolve_references(conn: AsyncConnection, requests: list[FHIRRequest]
                 reference["reference"] = f"{resource_type}/{matches[0][1]}"
 
 
-async def _run(conn: AsyncConnection, req: FHIRRequest, new_id: str | None, in_transaction: bool) -> Outcome:
-    if req.method == "POST" and new_id is not None:
-        return await create.create(conn, req, new_id)
-    if req.method == "DELETE" and in_transaction:
-        if req.id is not None:
-            return await delete.delete(conn, req, check_references=False)
-        return await delete.conditional_delete(conn, req, check_references=False)
-    return await route(req)(conn, req)
-
-
-async def transaction(conn: AsyncConnection, bundle: dict[str, Any], base_url: str, prefer: str | None) -> Outcome:
-    requests = _parse_entries(bundle, base_url, prefer)
-    mapping, new_ids = await _assign_ids(conn, requests, bundle)
+async def transaction(conn: AsyncConnection, bundle: dict[str, Any], outer: FHIRRequest) -> Outcome:
+    requests = _parse_entries(bundle, outer)
+    mapping = await _assign_ids(conn, requests, bundle)
     await _resolve_references(conn, requests, mapping)
     outcomes: dict[int, Outcome] = {}
     deleted: list[tuple[str, str]] = []
     for index in sorted(range(len(requests)), key=lambda i: ORDER[requests[i].method]):
         req = requests[index]
         try:
-            if req.method == "DELETE" and req.id is not None:
-                deleted.append((req.resource_type, req.id))
-            outcomes[index] = await _run(conn, req, new_ids.get(index), in_transaction=True)
+            req.deferred_reference_check = True
+            outcomes[index] = await dispatch(conn, req)
+            deleted += req.deleted_targets
         except FHIRError as error:
             raise _entry_error(index, error) from None
     if get_settings().enforce_referential_integrity_on_delete:
         await repository.ensure_not_referenced(conn, deleted)
-    return _response_bundle("transaction-response", [outcomes[i] for i in range(len(requests))], prefer)
+    return _response_bundle("transaction-response", [outcomes[i] for i in range(len(requests))],
+                            outer.header("prefer"))
 
 
-async def batch(conn: AsyncConnection, bundle: dict[str, Any], base_url: str, prefer: str | None) -> Outcome:
+async def batch(conn: AsyncConnection, bundle: dict[str, Any], outer: FHIRRequest) -> Outcome:
     entries = _entry_list(bundle)
     outcomes = []
     for index, entry in enumerate(entries):
         try:
             async with conn.transaction():
-                req = _parse_entries({"entry": [entry]}, base_url, prefer)[0]
-                outcomes.append(await _run(conn, req, None, in_transaction=False))
+                req = _parse_entries({"entry": [entry]}, outer)[0]
+                outcomes.append(await dispatch(conn, req))
         except FHIRError as error:
             outcomes.append(error_outcome(_entry_error(index, error)))
-    return _response_bundle("batch-response", outcomes, prefer)
+    return _response_bundle("batch-response", outcomes, outer.header("prefer"))
 
 
 def _response_bundle(bundle_type: str, outcomes: list[Outcome], prefer: str | None) -> Outcome:
@@ -217,11 +209,10 @@ async def process(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     bundle = req.body
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise FHIRError.of(400, "invalid", "POST to the base needs a Bundle of type batch or transaction")
-    prefer = req.header("prefer")
     if bundle.get("type") == "transaction":
-        return await transaction(conn, bundle, req.base_url, prefer)
+        return await transaction(conn, bundle, req)
     if bundle.get("type") == "batch":
-        return await batch(conn, bundle, req.base_url, prefer)
+        return await batch(conn, bundle, req)
     raise FHIRError.of(400, "invalid", f"Bundle.type must be batch or transaction, not {bundle.get('type')!r}",
                        "Bundle.type")
 

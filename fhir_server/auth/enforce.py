@@ -1,0 +1,69 @@
+"""Authorization of every interaction, in one place: the token's grants against what the request needs.
+
+`authorize` runs for each HTTP request and for each Bundle entry (the router calls it). Requests that
+need a patient compartment check carry `req.principal.patient`; instance-level checks answer 404, not
+403, so that a resource outside the caller's compartment is indistinguishable from a missing one.
+"""
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from psycopg import AsyncConnection
+
+from fhir_server.auth.scopes import Grant, matching_grants, parse_scopes
+from fhir_server.errors import FHIRError
+
+if TYPE_CHECKING:
+    from fhir_server.auth.tokens import AccessToken
+
+# Operations and the permission each needs on the request's resource type.
+OPERATION_PERMISSIONS = {"validate": "r", "match": "s", "everything": "r", "merge": "u", "unmerge": "u",
+                         "reindex": "u"}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking, and what their token grants."""
+
+    token: "AccessToken"
+    grants: tuple[Grant, ...]
+
+    @classmethod
+    def of(cls, token: "AccessToken") -> "Principal":
+        return cls(token, parse_scopes(token.scopes))
+
+    def restriction(self, resource_type: str | None, permission: str) -> str | None:
+        """The patient id the request is confined to, or None when a user/system grant covers it."""
+        grants = matching_grants(self.grants, resource_type, permission)
+        if not grants:
+            raise FHIRError.of(403, "forbidden", f"The token's scopes do not allow '{permission}' on "
+                                                 f"{resource_type or 'all resource types'}")
+        if any(grant.context != "patient" for grant in grants):
+            return None
+        if not self.token.patient:
+            raise FHIRError.of(403, "forbidden", "patient/ scopes need a patient in the launch context")
+        return self.token.patient
+
+
+def permission_for(method: str, kind: str, operation: str | None) -> str:
+    """The SMART v2 permission letter an interaction needs."""
+    if operation is not None:
+        return OPERATION_PERMISSIONS.get(operation, "c")
+    return {"read": "r", "vread": "r", "history-instance": "r", "search": "s", "history": "s",
+            "create": "c", "update": "u", "patch": "u", "delete": "d"}[kind]
+
+
+async def in_patient_compartment(conn: AsyncConnection, resource_type: str, fhir_id: str, patient: str) -> bool:
+    """Whether the current version of the resource is the patient or references the patient."""
+    if resource_type == "Patient":
+        return fhir_id == patient
+    row = await (await conn.execute(
+        "SELECT 1 FROM resource r JOIN search_reference sr ON sr.resource_id = r.id "
+        "WHERE r.resource_type = %s AND r.fhir_id = %s AND sr.target_type = 'Patient' AND sr.target_id = %s "
+        "LIMIT 1", (resource_type, fhir_id, patient),
+    )).fetchone()
+    return row is not None
+
+
+def not_found(resource_type: str, fhir_id: str) -> FHIRError:
+    return FHIRError.of(404, "not-found", f"{resource_type}/{fhir_id} is not known")

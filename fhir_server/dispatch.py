@@ -1,0 +1,55 @@
+"""Running one request: route it, authorize it, call the interaction. HTTP requests and Bundle entries alike."""
+
+import orjson
+from psycopg import AsyncConnection
+
+from fhir_server.auth.enforce import in_patient_compartment, not_found, permission_for
+from fhir_server.errors import FHIRError
+from fhir_server.interactions import capabilities, create, delete, history, patch, read, search, update
+from fhir_server.request import FHIRRequest, Outcome
+from fhir_server.router import route
+
+# The interaction each handler performs, as far as authorization is concerned.
+KINDS = {
+    read.read: "read", read.vread: "vread", search.search: "search", create.create: "create",
+    update.update: "update", update.conditional_update: "update", patch.patch: "patch", delete.delete: "delete",
+    delete.conditional_delete: "delete",
+}
+# Instance interactions on an existing resource outside the caller's compartment answer 404.
+INSTANCE_CHECKED = frozenset({"read", "vread", "history-instance", "patch", "delete", "update", "operation"})
+WRITES = frozenset({"create", "update", "patch"})
+
+
+def _kind(req: FHIRRequest, handler: object) -> str:
+    if handler is history.history:
+        return "history-instance" if req.id else "history"
+    if req.operation is not None:
+        return "operation"
+    return KINDS[handler]
+
+
+async def dispatch(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
+    handler = route(req)
+    principal = req.principal
+    if principal is None or handler is capabilities.capabilities:
+        return await handler(conn, req)
+    kind = _kind(req, handler)
+    patient = principal.restriction(req.resource_type, permission_for(req.method, kind, req.operation))
+    if patient is None:
+        return await handler(conn, req)
+    if kind in ("search", "history"):
+        raise FHIRError.of(403, "forbidden", "Searches and history under patient/ scopes are not supported yet; "
+                                             "use a user/ or system/ scope")
+    if req.id is not None and kind in INSTANCE_CHECKED \
+            and not await in_patient_compartment(conn, req.resource_type, req.id, patient):
+        exists = await conn.execute("SELECT 1 FROM resource WHERE resource_type = %s AND fhir_id = %s",
+                                    (req.resource_type, req.id))
+        if kind != "update" or await exists.fetchone() is not None:
+            raise not_found(req.resource_type, req.id)
+    outcome = await handler(conn, req)
+    if kind in WRITES:
+        written_id = orjson.loads(outcome.body)["id"] if outcome.body else req.id
+        if not await in_patient_compartment(conn, req.resource_type, written_id, patient):
+            raise FHIRError.of(403, "forbidden", f"The {req.resource_type} would be outside the compartment "
+                                                 f"of Patient/{patient} that the token is limited to")
+    return outcome
