@@ -41,6 +41,8 @@ def parse_target(req: FHIRRequest, path: str) -> FHIRRequest:
     if rest:
         req.id = require_valid_id(rest[0])
         rest = rest[1:]
+    if rest and rest[0] != "_history":
+        return _parse_compartment_search(req, rest, path)
     if rest and rest[0] == "_history":
         req.history = True
         if len(rest) == 2:
@@ -49,6 +51,16 @@ def parse_target(req: FHIRRequest, path: str) -> FHIRRequest:
             raise FHIRError.of(404, "not-found", f"No such endpoint: {path}")
     elif rest:
         raise FHIRError.of(404, "not-found", f"No such endpoint: {path}")
+    return req
+
+
+def _parse_compartment_search(req: FHIRRequest, rest: list[str], path: str) -> FHIRRequest:
+    """`Compartment/id/Type`, `Compartment/id/*`, and either with `/_search`."""
+    if len(rest) > 2 or (len(rest) == 2 and rest[1] != "_search") or req.operation is not None:
+        raise FHIRError.of(404, "not-found", f"No such endpoint: {path}")
+    req.compartment_type = req.resource_type
+    req.resource_type = None if rest[0] == "*" else require_known_type(rest[0])
+    req.search = len(rest) == 2
     return req
 
 
@@ -83,6 +95,10 @@ def route(req: FHIRRequest) -> Handler:
         if method != "GET":
             raise _method_not_allowed(req)
         return history.history
+    if req.compartment_type is not None:
+        if method not in ("POST", "GET", "HEAD") or (method == "POST") != req.search:
+            raise _method_not_allowed(req)
+        return search.search
     if req.search:
         if method != "POST":
             raise _method_not_allowed(req)

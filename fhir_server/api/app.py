@@ -171,8 +171,8 @@ class FHIRApplication:
             if request.method in ("POST", "PUT", "PATCH"):
                 raw = await _read_body(request, self.settings.max_body_bytes)
                 req.body = _parse_body(req, request.headers.get("content-type", ""), raw)
-            if req.resource_type is None and req.operation is None and not req.history and not req.search \
-                    and request.method == "POST":
+            if req.resource_type is None and req.compartment_type is None and req.operation is None \
+                    and not req.history and not req.search and request.method == "POST":
                 handler = transaction.process
             else:
                 handler = route(req)

@@ -6,13 +6,11 @@ from typing import Any
 
 import orjson
 
-SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
-             "display": "subsetted"}
-_ALWAYS_KEPT = ("resourceType", "id", "meta")
 
-
-def match_entry(full_url: str, content: bytes) -> bytes:
-    return b'{"fullUrl":' + orjson.dumps(full_url) + b',"resource":' + content + b',"search":{"mode":"match"}}'
+def entry(full_url: str, content: bytes, mode: str) -> bytes:
+    """A match or include entry around the stored resource JSON."""
+    return (b'{"fullUrl":' + orjson.dumps(full_url) + b',"resource":' + content + b',"search":{"mode":"'
+            + mode.encode() + b'"}}')
 
 
 def outcome_entry(outcome: dict[str, Any]) -> bytes:
@@ -33,18 +31,3 @@ def searchset(links: list[tuple[str, str]], total: int | None, entries: list[byt
     if not entries:
         return body
     return body[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
-
-
-def subset(content: bytes, summary: str | None, elements: list[str] | None) -> bytes:
-    """Apply `_summary=text|data` or `_elements` to one stored resource; other content passes through."""
-    resource = orjson.loads(content)
-    if elements is not None:
-        kept = {key: value for key, value in resource.items() if key in _ALWAYS_KEPT or key in elements}
-    elif summary == "text":
-        kept = {key: value for key, value in resource.items() if key in _ALWAYS_KEPT or key == "text"}
-    else:  # data
-        kept = {key: value for key, value in resource.items() if key != "text"}
-    meta = dict(kept.get("meta") or {})
-    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
-    kept["meta"] = meta
-    return orjson.dumps(kept)

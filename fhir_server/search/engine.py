@@ -1,73 +1,112 @@
-"""The search interaction (a searchset Bundle as bytes) and the matching behind conditional operations."""
+"""The search interaction (a searchset Bundle as bytes) and the matching behind conditional operations.
 
-from dataclasses import dataclass
+Type, system (`_type`) and compartment searches share one path: filters → one page of matches in
+keyset order → the resources `_include`/`_revinclude` bring along → the Bundle.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
 import psycopg
 
 from fhir_server.errors import FHIRError, Issue, operation_outcome
+from fhir_server.resource_types import resource_types
 from fhir_server.search import bundle, page
+from fhir_server.search.compartment import compartment_condition
+from fhir_server.search.include import INCLUDE, MAX_ROUNDS, REVINCLUDE, Include, included, parse_include
 from fhir_server.search.parameters import parameters_for
 from fhir_server.search.query import (
-    INDEX_TABLES, RESULT_PARAMETERS, Condition, invalid, parse_query, unsupported,
+    FORMAT_PARAMETERS, INDEX_TABLES, RESULT_PARAMETERS, Condition, ParsedQuery, invalid, parse_query, unsupported,
 )
+from fhir_server.search.subset import subset
 from fhir_server.settings import get_settings
 
 SUMMARY_VALUES = frozenset({"true", "text", "data", "count", "false"})
 TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
+CONTAINED_VALUES = frozenset({"true", "false", "both"})
+CONTAINED_TYPE_VALUES = frozenset({"container", "contained"})
+# Parameters this module answers itself; the filter parameters go to `parse_query`.
+_OWN_PARAMETERS = RESULT_PARAMETERS | {INCLUDE, REVINCLUDE, "_contained", "_containedType", "_type"}
 # Index column a sort reads, ascending and descending (a date range sorts by its start, or its end).
 _SORT_COLUMNS = {"string": ("value", "value"), "token": ("code", "code"), "date": ("low", "high"),
                  "number": ("value", "value"), "quantity": ("value", "value"), "uri": ("value", "value")}
+_LAST_UPDATED = "_lastUpdated"
 
 
 @dataclass(frozen=True, slots=True)
 class Sort:
-    name: str
-    key_sql: str
-    """SQL of the sort key of resource `r`, with `%s` placeholders for `key_args`."""
-    key_args: tuple[Any, ...]
+    code: str
     descending: bool
+
+    @property
+    def name(self) -> str:
+        return ("-" if self.descending else "") + self.code
 
 
 @dataclass(slots=True)
 class ResultOptions:
     count: int
-    sort: Sort | None
-    summary: str | None
-    total: str | None
-    elements: list[str] | None
-    page_token: str | None
-    link_parameters: list[tuple[str, str]]
+    summary: str | None = None
+    total: str | None = None
+    elements: set[str] | None = None
+    """Unqualified `_elements` names: they apply to the matches."""
+    typed_elements: dict[str, set[str]] = field(default_factory=dict)
+    """`_elements=Type.element` names: they apply to resources of that type, matches or included."""
+    sorts: list[Sort] = field(default_factory=list)
+    includes: list[Include] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    page_token: str | None = None
+    link_parameters: list[tuple[str, str]] = field(default_factory=list)
     """Result parameters repeated in every link (all but `_page_token`)."""
-    ignored: list[str]
+    ignored: list[str] = field(default_factory=list)
+    notes: list[Issue] = field(default_factory=list)
+    """Information for the client about how the request was served (a capped `_count`, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Compartment:
+    type: str
+    id: str
 
 
 async def search(conn: psycopg.AsyncConnection, *, base_url: str, resource_type: str | None,
-                 query: list[tuple[str, str]], strict: bool) -> bytes:
-    """Run a type-level (or, with `resource_type=None`, system-level) search; the searchset Bundle as JSON."""
+                 query: list[tuple[str, str]], strict: bool, compartment: Compartment | None = None) -> bytes:
+    """Run a type-level, system-level (`resource_type=None`) or compartment search; the searchset Bundle as JSON.
+
+    A compartment search with `resource_type=None` is `Compartment/id/*`.
+    """
     base_url = base_url.rstrip("/")
-    options = _result_options(resource_type, query, strict)
-    parsed = parse_query(resource_type, query, strict=strict, base_url=base_url)
+    options = _result_options(resource_type, compartment, query, strict)
+    parsed = _parse_filters(resource_type, options.types, query, strict, base_url)
+    condition = parsed.condition
+    if compartment is not None:
+        sql, args = compartment_condition(compartment.type, compartment.id, resource_type)
+        condition.add(sql, *args)
     ignored = parsed.unknown + options.ignored
-    search_url = base_url + ("/" + resource_type if resource_type else "")
+    if compartment is not None:
+        search_url = f"{base_url}/{compartment.type}/{compartment.id}/{resource_type or '*'}"
+    else:
+        search_url = base_url + ("/" + resource_type if resource_type else "")
     link_parameters = parsed.accepted + options.link_parameters
 
     def link(extra: list[tuple[str, str]]) -> str:
         parameters = link_parameters + extra
-        return search_url + ("?" + urlencode(parameters, safe=":|,/") if parameters else "")
+        return search_url + ("?" + urlencode(parameters, safe=":|,/*") if parameters else "")
 
     self_link = link([(page.PAGE_TOKEN, options.page_token)] if options.page_token else [])
-    outcome = [bundle.outcome_entry(_ignored_outcome(ignored, resource_type))] if ignored else []
-    condition = parsed.condition
+    issues = options.notes + (_ignored_issues(ignored, resource_type) if ignored else [])
 
     if options.summary == "count":
         total = await _count(conn, condition) if options.total != "estimate" else await _estimate(conn, condition)
-        return bundle.searchset([("self", self_link)], total, outcome)
+        return bundle.searchset([("self", self_link)], total, _outcome_entries(issues))
 
-    digest = page.query_digest([resource_type, parsed.accepted, options.sort.name if options.sort else None])
+    digest = page.query_digest([search_url, options.types, parsed.accepted, [s.name for s in options.sorts]])
     position = page.decode(options.page_token, digest) if options.page_token else None
-    rows, more = await _page_rows(conn, condition, options.sort, position, options.count)
+    snapshot = position.snapshot if position else datetime.now(timezone.utc)
+    keys = [_sort_key(sort, _single_type(resource_type, options.types), snapshot) for sort in options.sorts]
+    rows, more = await _page_rows(conn, condition, options.sorts, keys, position, options.count)
 
     links = [("self", self_link)]
     paged = position is not None or more
@@ -78,13 +117,15 @@ async def search(conn: psycopg.AsyncConnection, *, base_url: str, resource_type:
     # was reached through a token (an empty page reached so gets neither link).
     has_next = more if forward else True
     has_previous = position is not None if forward else more
+    key_count = len(options.sorts)
     if rows and has_next:
         last = rows[-1]
-        links.append(("next", link([(page.PAGE_TOKEN, page.encode(page.Position(last[4], last[0], True), digest))])))
+        token = page.encode(page.Position(tuple(last[4:4 + key_count]), last[0], True, snapshot), digest)
+        links.append(("next", link([(page.PAGE_TOKEN, token)])))
     if rows and has_previous:
         first = rows[0]
-        links.append(("previous",
-                      link([(page.PAGE_TOKEN, page.encode(page.Position(first[4], first[0], False), digest))])))
+        token = page.encode(page.Position(tuple(first[4:4 + key_count]), first[0], False, snapshot), digest)
+        links.append(("previous", link([(page.PAGE_TOKEN, token)])))
 
     total = None
     if options.total == "accurate":
@@ -94,13 +135,35 @@ async def search(conn: psycopg.AsyncConnection, *, base_url: str, resource_type:
     elif options.total is None and not paged and options.count > 0:
         total = len(rows)  # the whole result is on this page: the total is known for free
 
-    subsetting = options.elements is not None or options.summary in ("text", "data")
-    entries = [
-        bundle.match_entry(f"{base_url}/{row_type}/{fhir_id}",
-                           bundle.subset(content, options.summary, options.elements) if subsetting else content)
-        for _, row_type, fhir_id, content, _ in rows
-    ]
-    return bundle.searchset(links, total, outcome + entries)
+    entries = [_entry(base_url, row_type, fhir_id, content, "match", options)
+               for _, row_type, fhir_id, content, *_ in rows]
+    if options.includes and rows:
+        found = await included(conn, [(row[0], row[1], row[2]) for row in rows], options.includes)
+        entries += [_entry(base_url, row_type, fhir_id, content, "include", options)
+                    for _, row_type, fhir_id, content in found.rows]
+        if found.capped:
+            issues.append(Issue("incomplete", f"More than {found.limit} resources were to be included with this "
+                                              f"page; only the first {found.limit} are. Ask for smaller pages "
+                                              "(_count) to get them all", severity="warning",
+                                expression=(INCLUDE, REVINCLUDE)))
+        if found.unfinished:
+            issues.append(Issue("incomplete", f":iterate stopped after {MAX_ROUNDS} rounds; further resources "
+                                              "may be referenced", severity="warning"))
+    return bundle.searchset(links, total, _outcome_entries(issues) + entries)
+
+
+def _entry(base_url: str, resource_type: str, fhir_id: str, content: bytes, mode: str,
+           options: ResultOptions) -> bytes:
+    elements = options.typed_elements.get(resource_type)
+    if mode == "match" and options.elements is not None:
+        elements = options.elements | (elements or set())
+    if elements is not None or options.summary in ("true", "text", "data"):
+        content = subset(content, options.summary, elements)
+    return bundle.entry(f"{base_url}/{resource_type}/{fhir_id}", content, mode)
+
+
+def _outcome_entries(issues: list[Issue]) -> list[bytes]:
+    return [bundle.outcome_entry(operation_outcome(issues))] if issues else []
 
 
 async def find_matches(conn: psycopg.AsyncConnection, resource_type: str, query: list[tuple[str, str]],
@@ -110,103 +173,208 @@ async def find_matches(conn: psycopg.AsyncConnection, resource_type: str, query:
     Always strict: an unknown parameter is a 400. Result parameters (`_count`, `_sort`, ...) are ignored;
     an empty query matches every resource of the type.
     """
-    condition = parse_query(resource_type, query, strict=True, base_url=base_url).condition
+    condition = parse_query(resource_type, _filters(query), strict=True, base_url=base_url).condition
     cursor = await conn.execute(
         f"SELECT r.id, r.fhir_id, r.version_id FROM resource r WHERE {condition.where()} ORDER BY r.id LIMIT %s",
         [*condition.args, limit])
     return [(row[0], row[1], row[2]) for row in await cursor.fetchall()]
 
 
-def _result_options(resource_type: str | None, query: list[tuple[str, str]], strict: bool) -> ResultOptions:
+def _filters(query: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in query if name.partition(":")[0] not in _OWN_PARAMETERS]
+
+
+def _parse_filters(resource_type: str | None, types: list[str], query: list[tuple[str, str]], strict: bool,
+                   base_url: str) -> ParsedQuery:
+    """The condition of the filter parameters; for `_type=A,B`, a resource matches by its own type's parameters.
+
+    Across several types a parameter must be defined for each of them (else it is unknown), so that it
+    never filters one type and leaves another unfiltered.
+    """
+    filters = _filters(query)
+    if resource_type is not None or not types:
+        return parse_query(resource_type, filters, strict=strict, base_url=base_url)
+    if len(types) == 1:
+        return parse_query(types[0], filters, strict=strict, base_url=base_url)
+    unknown = sorted({name for each in types
+                      for name in parse_query(each, filters, strict=strict, base_url=base_url).unknown})
+    kept = [(name, value) for name, value in filters if name not in unknown]
+    per_type = [parse_query(each, kept, strict=True, base_url=base_url) for each in types]
+    condition = Condition()
+    condition.add("(" + " OR ".join(f"({each.condition.where()})" for each in per_type) + ")",
+                  *[arg for each in per_type for arg in each.condition.args])
+    return ParsedQuery(condition, per_type[0].accepted, unknown)
+
+
+def _result_options(resource_type: str | None, compartment: Compartment | None, query: list[tuple[str, str]],
+                    strict: bool) -> ResultOptions:
     settings = get_settings()
-    options = ResultOptions(settings.default_page_size, None, None, None, None, None, [], [])
+    options = ResultOptions(settings.default_page_size)
     for name, value in query:
-        if name not in RESULT_PARAMETERS:
+        base, _, modifier = name.partition(":")
+        if base not in _OWN_PARAMETERS:
             continue
         if name == page.PAGE_TOKEN:
             options.page_token = value
             continue
         keep = True
-        if name == "_count":
+        if base in (INCLUDE, REVINCLUDE):
+            options.includes.append(parse_include(name, value))
+        elif modifier:
+            raise invalid(name, f"{base} takes no modifier")
+        elif name == "_count":
             if not value.isdigit():
                 raise invalid(name, "_count must be a non-negative integer")
             options.count = min(int(value), settings.max_page_size)
+            if int(value) > settings.max_page_size:
+                options.notes.append(Issue(
+                    "informational", f"_count={value} exceeds this server's maximum page size; pages hold at "
+                                     f"most {settings.max_page_size} resources", severity="information",
+                    expression=("_count",)))
         elif name == "_sort":
             keep = _parse_sort(options, resource_type, value, strict)
         elif name == "_summary":
             if value not in SUMMARY_VALUES:
                 raise invalid(name, f"_summary must be one of {', '.join(sorted(SUMMARY_VALUES))}")
-            if value == "true":
-                if strict:
-                    raise unsupported(name, resource_type, "_summary=true is not supported")
-                options.ignored.append("_summary=true")
-                keep = False
-            else:
-                options.summary = None if value == "false" else value
+            options.summary = None if value == "false" else value
         elif name == "_total":
             if value not in TOTAL_VALUES:
                 raise invalid(name, f"_total must be one of {', '.join(sorted(TOTAL_VALUES))}")
             options.total = value
         elif name == "_elements":
-            options.elements = [element.strip().rpartition(".")[2] for element in value.split(",") if element.strip()]
+            _parse_elements(options, value)
+        elif name == "_type":
+            if resource_type is not None or compartment is not None:
+                raise invalid(name, "_type applies to a search across all types only")
+            options.types = _parse_types(value)
+        elif name in ("_contained", "_containedType"):
+            keep = _parse_contained(options, name, value, resource_type, strict)
         if keep:
             options.link_parameters.append((name, value))
+    if options.elements is not None and options.summary is not None:
+        raise invalid("_elements", "_elements and _summary cannot be combined")
     return options
 
 
-def _parse_sort(options: ResultOptions, resource_type: str | None, value: str, strict: bool) -> bool:
-    """Set `options.sort` from `_sort`; only one key is supported. False when the parameter is ignored."""
-    keys = [key.strip() for key in value.split(",") if key.strip()]
-    if not keys:
-        raise invalid("_sort", "no sort key")
-    problem = None
-    if len(keys) > 1:
-        problem = f"_sort on more than one parameter ({value}) is not supported"
-    name = keys[0]
-    descending = name.startswith("-")
-    code = name.lstrip("-")
-    parameter = parameters_for(resource_type).get(code)
-    if parameter is None or (parameter.type not in _SORT_COLUMNS and code not in ("_id", "_lastUpdated")):
-        problem = problem or f"cannot sort by '{code}'"
-    if problem:
+def _parse_elements(options: ResultOptions, value: str) -> None:
+    """`name` applies to the matches, `Type.name` to resources of Type (matches and included ones)."""
+    for element in (element.strip() for element in value.split(",")):
+        if not element:
+            continue
+        qualifier, _, name = element.rpartition(".")
+        if qualifier and qualifier != "*":
+            options.typed_elements.setdefault(qualifier, set()).add(name)
+        else:
+            options.elements = (options.elements or set()) | {name}
+
+
+def _parse_types(value: str) -> list[str]:
+    types = [each.strip() for each in value.split(",") if each.strip()]
+    unknown = [each for each in types if each not in resource_types()]
+    if unknown or not types:
+        raise invalid("_type", f"not resource types: {', '.join(unknown) or value!r}")
+    return list(dict.fromkeys(types))
+
+
+def _parse_contained(options: ResultOptions, name: str, value: str, resource_type: str | None,
+                     strict: bool) -> bool:
+    """Contained resources are not indexed on their own, so only `_contained=false` (the default) is served."""
+    allowed = CONTAINED_VALUES if name == "_contained" else CONTAINED_TYPE_VALUES
+    if value not in allowed:
+        raise invalid(name, f"{name} must be one of {', '.join(sorted(allowed))}")
+    if name == "_contained" and value != "false":
         if strict:
-            raise unsupported("_sort", resource_type, problem)
-        options.ignored.append(f"_sort={value}")
+            raise unsupported(name, resource_type, f"{name}={value} is not supported: contained resources are "
+                                                   "searched with their container only")
+        options.ignored.append(f"{name}={value}")
         return False
-    assert parameter is not None
-    if code == "_id":
-        options.sort = Sort(name, "r.fhir_id", (), descending)
-    elif code == "_lastUpdated":
-        options.sort = Sort(name, "r.last_updated", (), descending)
-    else:
-        column = _SORT_COLUMNS[parameter.type][1 if descending else 0]
-        aggregate = "max" if descending else "min"
-        type_filter = "s.resource_type = r.resource_type AND " if resource_type else ""
-        options.sort = Sort(
-            name,
-            f"(SELECT {aggregate}(s.{column}) FROM {INDEX_TABLES[parameter.type]} s "
-            f"WHERE s.resource_id = r.id AND {type_filter}s.param = %s)",
-            (parameter.code,), descending)
     return True
 
 
-async def _page_rows(conn: psycopg.AsyncConnection, condition: Condition, sort: Sort | None,
-                     position: page.Position | None, count: int) -> tuple[list[tuple], bool]:
-    """One page in (sort key, resource.id) order after/before `position`, and whether more rows lie beyond."""
+def _single_type(resource_type: str | None, types: list[str]) -> str | None:
+    """The one resource type searched, if there is one (`_type=X` names one too)."""
+    return resource_type or (types[0] if len(types) == 1 else None)
+
+
+def _parse_sort(options: ResultOptions, resource_type: str | None, value: str, strict: bool) -> bool:
+    """Set `options.sorts` from `_sort`; False when the parameter is ignored (lenient mode)."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise invalid("_sort", "no sort key")
+    known = parameters_for(_single_type(resource_type, options.types))
+    sorts: list[Sort] = []
+    problems = []
+    for name in names:
+        code = name[1:] if name.startswith("-") else name
+        parameter = known.get(code)
+        if parameter is None or (parameter.type not in _SORT_COLUMNS and code not in ("_id", _LAST_UPDATED)):
+            problems.append(f"cannot sort by '{code}'")
+        elif code in (sort.code for sort in sorts):
+            problems.append(f"'{code}' is named twice")
+        else:
+            sorts.append(Sort(code, name.startswith("-")))
+    if problems:
+        if strict:
+            raise unsupported("_sort", resource_type, f"_sort={value}: " + "; ".join(problems))
+        options.ignored.append(f"_sort={value}")
+        return False
+    options.sorts = sorts
+    return True
+
+
+def _sort_key(sort: Sort, resource_type: str | None, snapshot: datetime) -> tuple[str, list[Any]]:
+    """SQL of the sort key of resource `r`, and its arguments.
+
+    `_lastUpdated` is read as of `snapshot` (when the search's first page was read): a resource updated
+    since keeps the position of its version current then, and one created since has no key and is left
+    out. Without this, paging by `_lastUpdated` would show an updated resource twice or never, as its
+    key would jump past the cursor. Other keys are read as they are now (R4 asks for no snapshot).
+    """
+    if sort.code == "_id":
+        return "r.fhir_id", []
+    if sort.code == _LAST_UPDATED:
+        return ("CASE WHEN r.last_updated <= %s THEN r.last_updated ELSE (SELECT max(v.last_updated) "
+                "FROM resource_version v WHERE v.resource_id = r.id AND v.last_updated <= %s) END"), \
+            [snapshot, snapshot]
+    parameter = parameters_for(resource_type)[sort.code]
+    column = _SORT_COLUMNS[parameter.type][1 if sort.descending else 0]
+    aggregate = "max" if sort.descending else "min"
+    type_filter = "s.resource_type = r.resource_type AND " if resource_type else ""
+    return (f"(SELECT {aggregate}(s.{column}) FROM {INDEX_TABLES[parameter.type]} s "
+            f"WHERE s.resource_id = r.id AND {type_filter}s.param = %s)"), [parameter.code]
+
+
+async def _page_rows(conn: psycopg.AsyncConnection, condition: Condition, sorts: list[Sort],
+                     keys: list[tuple[str, list[Any]]], position: page.Position | None, count: int
+                     ) -> tuple[list[tuple], bool]:
+    """One page in (sort keys..., resource.id) order after/before `position`, and whether more rows lie beyond.
+
+    Rows are (id, resource_type, fhir_id, content, key...). A missing key sorts last, whatever the direction.
+    """
     if count == 0:
         return [], False
     forward = position is None or position.forward
-    ascending = (sort is None or not sort.descending) == forward
-    op, direction = (">", "ASC") if ascending else ("<", "DESC")
-    key_sql, key_args = (sort.key_sql, list(sort.key_args)) if sort else ("NULL::text", [])
-    keyset, keyset_args = "true", []
+    key_columns = "".join(f", {sql} AS k{index}" for index, (sql, _) in enumerate(keys))
+    key_args = [arg for _, args in keys for arg in args]
+    order = []
+    for index, sort in enumerate(sorts):
+        ascending = (not sort.descending) == forward
+        nulls = "ASC" if forward else "DESC"
+        order.append(f"(q.k{index} IS NULL) {nulls}, q.k{index} {'ASC' if ascending else 'DESC'}")
+    # Ties break on resource.id, in the direction of the last key (ascending without keys).
+    id_ascending = (not sorts or not sorts[-1].descending) == forward
+    order.append(f"q.id {'ASC' if id_ascending else 'DESC'}")
+    filters, filter_args = ["true"], []
     if position is not None:
-        keyset, keyset_args = _keyset(sort is not None, position, forward, op)
-    nulls_order = "" if sort is None else f"(q.k IS NULL) {'ASC' if forward else 'DESC'}, q.k {direction}, "
-    sql = (f"SELECT q.id, q.resource_type, q.fhir_id, q.content, q.k FROM ("
-           f"SELECT r.id, r.resource_type, r.fhir_id, r.content, {key_sql} AS k FROM resource r "
-           f"WHERE {condition.where()}) q WHERE {keyset} ORDER BY {nulls_order}q.id {direction} LIMIT %s")
-    cursor = await conn.execute(sql, [*key_args, *condition.args, *keyset_args, count + 1])
+        keyset, filter_args = _keyset(sorts, position, forward, id_ascending)
+        filters = [keyset]
+    # A resource created after the snapshot has no `_lastUpdated` key: it is not part of this search.
+    filters += [f"q.k{index} IS NOT NULL" for index, sort in enumerate(sorts) if sort.code == _LAST_UPDATED]
+    key_names = "".join(f", q.k{index}" for index in range(len(keys)))
+    sql = (f"SELECT q.id, q.resource_type, q.fhir_id, q.content{key_names} FROM ("
+           f"SELECT r.id, r.resource_type, r.fhir_id, r.content{key_columns} FROM resource r "
+           f"WHERE {condition.where()}) q WHERE {' AND '.join(filters)} ORDER BY {', '.join(order)} LIMIT %s")
+    cursor = await conn.execute(sql, [*key_args, *condition.args, *filter_args, count + 1])
     rows = await cursor.fetchall()
     more = len(rows) > count
     rows = rows[:count]
@@ -215,18 +383,27 @@ async def _page_rows(conn: psycopg.AsyncConnection, condition: Condition, sort: 
     return rows, more
 
 
-def _keyset(sorted_: bool, position: page.Position, forward: bool, op: str) -> tuple[str, list[Any]]:
-    """Rows strictly beyond `position` in the page direction; a missing sort key sorts last."""
-    rid, key = position.resource_id, position.key
-    if not sorted_:
-        return f"q.id {op} %s", [rid]
-    if forward:
-        if key is None:
-            return f"(q.k IS NULL AND q.id {op} %s)", [rid]
-        return f"(q.k IS NULL OR q.k {op} %s OR (q.k = %s AND q.id {op} %s))", [key, key, rid]
-    if key is None:
-        return f"(q.k IS NOT NULL OR q.id {op} %s)", [rid]
-    return f"(q.k IS NOT NULL AND (q.k {op} %s OR (q.k = %s AND q.id {op} %s)))", [key, key, rid]
+def _keyset(sorts: list[Sort], position: page.Position, forward: bool, id_ascending: bool
+            ) -> tuple[str, list[Any]]:
+    """Rows strictly beyond `position` in the fetch order: the lexicographic comparison of
+    (key₀, key₁, ..., id), built from the last key outwards; a missing key sorts last in page order."""
+    if len(position.keys) != len(sorts):
+        raise FHIRError.of(400, "invalid", "The page token does not fit this search", page.PAGE_TOKEN)
+    sql, args = f"q.id {'>' if id_ascending else '<'} %s", [position.resource_id]
+    for index in reversed(range(len(sorts))):
+        column, key = f"q.k{index}", position.keys[index]
+        op = ">" if (not sorts[index].descending) == forward else "<"
+        if forward:  # nulls come last: nothing lies beyond a null but other nulls
+            if key is None:
+                sql = f"({column} IS NULL AND {sql})"
+            else:
+                sql, args = f"({column} IS NULL OR {column} {op} %s OR ({column} = %s AND {sql}))", [key, key, *args]
+        else:  # fetching backwards, nulls come first
+            if key is None:
+                sql = f"({column} IS NOT NULL OR {sql})"
+            else:
+                sql, args = f"({column} {op} %s OR ({column} = %s AND {sql}))", [key, key, *args]
+    return sql, args
 
 
 async def _count(conn: psycopg.AsyncConnection, condition: Condition) -> int:
@@ -244,10 +421,8 @@ async def _estimate(conn: psycopg.AsyncConnection, condition: Condition) -> int:
     return int(plan[0]["Plan"]["Plan Rows"]) if plan else 0
 
 
-def _ignored_outcome(names: list[str], resource_type: str | None) -> dict[str, Any]:
+def _ignored_issues(names: list[str], resource_type: str | None) -> list[Issue]:
     target = resource_type or "a search across all types"
-    return operation_outcome([
-        Issue("not-supported", f"Search parameter '{name}' is unknown or unsupported for {target} and was ignored",
-              severity="warning", expression=(name,))
-        for name in names
-    ])
+    return [Issue("not-supported", f"Search parameter '{name}' is unknown or unsupported for {target} and was ignored",
+                  severity="warning", expression=(name,))
+            for name in names]

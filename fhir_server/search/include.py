@@ -1,0 +1,138 @@
+"""`_include` and `_revinclude` (with `*`, `:iterate` and typed targets): the resources a page brings along,
+found set-based over the reference table, one query per round for the whole page."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from fhir_server.errors import FHIRError
+from fhir_server.resource_types import resource_types
+from fhir_server.search.parameters import parameters_for
+
+INCLUDE = "_include"
+REVINCLUDE = "_revinclude"
+ITERATE_MODIFIERS = frozenset({"iterate", "recurse"})  # `recurse` is the STU3 name, still sent by clients
+ANY = "*"
+MAX_INCLUDED = 1_000
+"""Included resources per page at most; more are left out and the Bundle says so."""
+MAX_ROUNDS = 5
+"""Rounds of `:iterate` at most (the first round included)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    """One `_include` (forward) or `_revinclude`: `source_type:param[:target_type]`, `*` for any."""
+
+    reverse: bool
+    iterate: bool
+    source_type: str
+    param: str
+    target_type: str
+
+
+@dataclass(slots=True)
+class Included:
+    rows: list[tuple[int, str, str, bytes]]
+    """(resource.id, type, fhir_id, content) in the order found."""
+    limit: int
+    capped: bool
+    """More resources were to be included than `limit`."""
+    unfinished: bool
+    """`:iterate` still found new resources after MAX_ROUNDS."""
+
+
+def parse_include(name: str, value: str) -> Include:
+    """An `_include[:iterate]` / `_revinclude[:iterate]` value; a 400 for a malformed or unknown one."""
+    base, _, modifier = name.partition(":")
+    if modifier and modifier not in ITERATE_MODIFIERS:
+        raise _invalid(name, value, f"unknown modifier ':{modifier}'")
+    if value == ANY:
+        return Include(base == REVINCLUDE, bool(modifier), ANY, ANY, "")
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise _invalid(name, value, "expected SourceType:parameter[:TargetType]")
+    source_type, param = parts[0], parts[1]
+    target_type = parts[2] if len(parts) == 3 else ""
+    known = resource_types()
+    if source_type not in known:
+        raise _invalid(name, value, f"'{source_type}' is not a resource type")
+    if target_type and target_type not in known:
+        raise _invalid(name, value, f"'{target_type}' is not a resource type")
+    if param != ANY:
+        parameter = parameters_for(source_type).get(param)
+        if parameter is None or parameter.type != "reference":
+            raise _invalid(name, value, f"'{param}' is not a reference search parameter of {source_type}")
+        if target_type and parameter.targets and target_type not in parameter.targets:
+            raise _invalid(name, value, f"{source_type}:{param} never refers to {target_type}")
+    return Include(base == REVINCLUDE, bool(modifier), source_type, param, target_type)
+
+
+def _invalid(name: str, value: str, reason: str) -> FHIRError:
+    return FHIRError.of(400, "invalid", f"Invalid {name}={value}: {reason}", name)
+
+
+# A reference row of the reference table matches an Include when its source type, parameter and target
+# type agree; `*` (or an empty target type) matches anything, but `*` only covers references that some
+# search parameter indexes (param IS NOT NULL), as R4 defines it.
+_MATCHES = ("(i.source_type = '*' OR s.resource_type = i.source_type) "
+            "AND (s.param = i.param OR (i.param = '*' AND s.param IS NOT NULL)) "
+            "AND (i.target_type = '' OR s.target_type = i.target_type)")
+_SPECS = "unnest(%s::text[], %s::text[], %s::text[]) AS i(source_type, param, target_type)"
+# Targets of the sources' references, and resources whose references point at the sources; each found
+# once, never one already in the Bundle, in resource.id order so that capping is deterministic.
+_ROUND_SQL = f"""
+WITH found AS (
+    SELECT t.id FROM search_reference s JOIN {_SPECS} ON {_MATCHES}
+    JOIN resource t ON t.resource_type = s.target_type AND t.fhir_id = s.target_id
+    WHERE s.resource_id = ANY(%s) AND s.target_url IS NULL
+  UNION
+    SELECT s.resource_id FROM search_reference s JOIN {_SPECS} ON {_MATCHES}
+    JOIN unnest(%s::text[], %s::text[]) AS p(resource_type, fhir_id)
+      ON s.target_type = p.resource_type AND s.target_id = p.fhir_id
+    WHERE s.target_url IS NULL
+)
+SELECT r.id, r.resource_type, r.fhir_id, r.content FROM resource r
+WHERE r.id IN (SELECT id FROM found WHERE id <> ALL(%s) ORDER BY id LIMIT %s) AND NOT r.deleted
+ORDER BY r.id
+"""
+
+
+def _spec_arrays(includes: list[Include]) -> list[list[str]]:
+    return [[i.source_type for i in includes], [i.param for i in includes], [i.target_type for i in includes]]
+
+
+async def included(conn: psycopg.AsyncConnection, matches: list[tuple[int, str, str]],
+                   includes: list[Include], limit: int | None = None) -> Included:
+    """The resources `includes` bring along for the page `matches` ((resource.id, type, fhir_id) each).
+
+    Round one follows every Include from the matches; each further round follows the `:iterate` ones
+    from what the round before added, until nothing new turns up, `limit` is reached or MAX_ROUNDS pass.
+    """
+    limit = MAX_INCLUDED if limit is None else limit
+    result = Included([], limit, False, False)
+    seen = [resource_id for resource_id, _, _ in matches]
+    sources = matches
+    active = includes
+    for _ in range(MAX_ROUNDS):
+        forward = [i for i in active if not i.reverse]
+        reverse = [i for i in active if i.reverse]
+        room = limit - len(result.rows)
+        args: list[Any] = [*_spec_arrays(forward), [source[0] for source in sources] if forward else [],
+                           *_spec_arrays(reverse), [source[1] for source in sources] if reverse else [],
+                           [source[2] for source in sources] if reverse else [], seen, room + 1]
+        cursor = await conn.execute(_ROUND_SQL, args)
+        found = await cursor.fetchall()
+        if len(found) > room:
+            result.capped = True
+            found = found[:room]
+        result.rows.extend(found)
+        if result.capped or not found:
+            return result
+        active = [i for i in includes if i.iterate]
+        if not active:
+            return result
+        seen.extend(row[0] for row in found)
+        sources = [(row[0], row[1], row[2]) for row in found]
+    result.unfinished = True
+    return result
