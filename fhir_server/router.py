@@ -7,13 +7,15 @@ from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError
 from fhir_server.interactions import (capabilities, create, delete, history, patch, read, search, update)
-from fhir_server.operations import validate
+from fhir_server.operations import reindex, validate
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.resource_types import require_known_type, require_valid_id
 
 Handler = Callable[[AsyncConnection, FHIRRequest], Awaitable[Outcome]]
 
-OPERATIONS: dict[str, Handler] = {validate.NAME: validate.validate}
+OPERATIONS: dict[str, Handler] = {validate.NAME: validate.validate, reindex.NAME: reindex.reindex}
+# Operations that may also run on the system level (POST [base]/$name).
+SYSTEM_OPERATIONS = frozenset({reindex.NAME})
 
 
 def parse_target(req: FHIRRequest, path: str) -> FHIRRequest:
@@ -86,7 +88,7 @@ def route(req: FHIRRequest) -> Handler:
         return capabilities.capabilities
     if req.operation is not None:
         handler = OPERATIONS.get(req.operation)
-        if handler is None or req.resource_type is None:
+        if handler is None or (req.resource_type is None and req.operation not in SYSTEM_OPERATIONS):
             raise FHIRError.of(404, "not-supported", f"The operation ${req.operation} is not known")
         if method not in ("POST", "GET"):
             raise _method_not_allowed(req)

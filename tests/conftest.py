@@ -16,7 +16,7 @@ from fhir_server.storage.database import migrate
 from fhir_server.storage.embedded import EmbeddedPostgres
 
 TABLES = ("resource_version", "resource", "search_string", "search_token", "search_date", "search_number",
-          "search_quantity", "search_uri", "search_reference")
+          "search_quantity", "search_uri", "search_reference", "search_text", "search_concept")
 
 
 @pytest.fixture(scope="session")

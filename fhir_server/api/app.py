@@ -20,6 +20,7 @@ from fhir_server.request import JSON_CONTENT_TYPE, FHIRRequest, Outcome, error_o
 from fhir_server.resource_types import resource_types
 from fhir_server.router import parse_target, route
 from fhir_server.search.parameters import search_parameters
+from fhir_server.search.reindex import load_stored_search_parameters
 from fhir_server.settings import Settings, get_settings
 from fhir_server.storage.database import create_pool
 from fhir_server.validation import validate_resource
@@ -145,6 +146,8 @@ class FHIRApplication:
         capability_statement_bytes()
         self.pool = create_pool(self.settings.database_url, self.settings.db_pool_size)
         await self.pool.open(wait=True)
+        async with self.pool.connection() as conn:  # custom SearchParameters stored on this server
+            await load_stored_search_parameters(conn)
         yield
         await self.pool.close()
 

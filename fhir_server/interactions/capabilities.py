@@ -6,14 +6,14 @@ from typing import Any
 import orjson
 
 from fhir_server import FHIR_VERSION, __version__
-from fhir_server.operations import validate
+from fhir_server.operations import reindex, validate
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.resource_types import resource_types
 from fhir_server.search.parameters import parameters_for
 from fhir_server.settings import get_settings
 
 RELEASE_DATE = "2026-11-23"
-OPERATIONS = (validate,)
+OPERATIONS = (validate, reindex)
 TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type")
 # Served from the resource table itself rather than from the parameter data.

@@ -1,5 +1,7 @@
 """Index extraction: the search-index rows of one resource, driven by its search parameters."""
 
+import html
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -7,17 +9,41 @@ from typing import Any
 
 from fhir_server.search.parameters import SearchParameter, parameters_for
 from fhir_server.search.values import (
-    FAR_FUTURE, FAR_PAST, ReferenceTarget, decimal_of, date_range, normalize_string, number_range,
-    reference_target,
+    FAR_FUTURE, FAR_PAST, UCUM, ReferenceTarget, decimal_of, date_range, normalize_string, number_range,
+    reference_target, ucum_canonical,
 )
+
+# The columns of each index table `search_<name>` after resource_id and resource_type, with their SQL
+# types, in row order: the storage layer builds its statements from this. `element` (the composite
+# element key, see migration 0002) is last and only composite component rows carry it; a shorter row
+# leaves it NULL.
+INDEX_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "string": (("param", "text"), ("value", "text"), ("value_exact", "text"), ("element", "integer")),
+    "token": (("param", "text"), ("system", "text"), ("code", "text"), ("text", "text"), ("element", "integer")),
+    "date": (("param", "text"), ("low", "timestamptz"), ("high", "timestamptz"), ("element", "integer")),
+    "number": (("param", "text"), ("value", "numeric"), ("low", "numeric"), ("high", "numeric"),
+               ("element", "integer")),
+    "quantity": (("param", "text"), ("value", "numeric"), ("low", "numeric"), ("high", "numeric"),
+                 ("system", "text"), ("code", "text"), ("unit", "text"), ("canonical_code", "text"),
+                 ("canonical_value", "numeric"), ("canonical_low", "numeric"), ("canonical_high", "numeric"),
+                 ("element", "integer")),
+    "uri": (("param", "text"), ("value", "text"), ("element", "integer")),
+    "reference": (("param", "text"), ("target_type", "text"), ("target_id", "text"), ("target_url", "text"),
+                  ("element", "integer")),
+    "text": (("param", "text"), ("value", "text")),
+    "concept": (("url", "text"), ("system", "text"), ("code", "text"), ("ancestor", "text")),
+}
 
 StringRow = tuple[str, str, str]
 TokenRow = tuple[str, str | None, str | None, str | None]
 DateRow = tuple[str, datetime, datetime]
 NumberRow = tuple[str, Decimal, Decimal, Decimal]
-QuantityRow = tuple[str, Decimal, Decimal, Decimal, str | None, str | None, str | None]
+QuantityRow = tuple[str, Decimal, Decimal, Decimal, str | None, str | None, str | None,
+                    str | None, Decimal | None, Decimal | None, Decimal | None]
 UriRow = tuple[str, str]
 ReferenceRow = tuple[str | None, str | None, str | None, str | None]
+TextRow = tuple[str, str]
+ConceptRow = tuple[str, str | None, str | None, str | None]
 
 ISO_4217 = "urn:iso:std:iso:4217"
 MAX_INDEXED_TEXT = 1000
@@ -36,6 +62,10 @@ class IndexRows:
     quantity: list[QuantityRow] = field(default_factory=list)
     uri: list[UriRow] = field(default_factory=list)
     reference: list[ReferenceRow] = field(default_factory=list)
+    text: list[TextRow] = field(default_factory=list)
+    """`_text` (the narrative) and `_content` (every string value), normalised like strings."""
+    concept: list[ConceptRow] = field(default_factory=list)
+    """Concepts of a CodeSystem or members of a ValueSet (see migration 0002)."""
 
 
 def extract_index(resource: dict[str, Any], base_url: str | None = None) -> IndexRows:
@@ -53,17 +83,22 @@ def extract_index(resource: dict[str, Any], base_url: str | None = None) -> Inde
         if not values:
             continue
         if parameter.type == "reference":
-            _references(rows, parameter, values, local_prefix)
+            _references(rows, parameter.code, values, local_prefix)
+        elif parameter.type == "composite":
+            _composites(rows, parameter, values, resource, local_prefix)
         else:
-            _ADD[parameter.type](rows, parameter, values)
-    covered = {row[1:] for row in rows["reference"]}
+            _ADD[parameter.type](rows, parameter.code, values)
+    _full_text(rows, resource)
+    _concepts(rows, resource)
+    covered = {row[1:4] for row in rows["reference"]}
     for reference in _all_references(resource):
         target = _target(reference, local_prefix)
         if target is not None and target not in covered:
             covered.add(target)
             rows["reference"][(None, *target)] = None
-    # String rows are already cut to STRING_INDEX_LENGTH where indexed (value_exact is not indexed).
-    return IndexRows(**{table: list(found) if table == "string" else [_bounded(row) for row in found]
+    # String rows are already cut to STRING_INDEX_LENGTH where indexed (value_exact is not indexed);
+    # full text has no B-tree index.
+    return IndexRows(**{table: list(found) if table in ("string", "text") else [_bounded(row) for row in found]
                         for table, found in rows.items()})
 
 
@@ -80,7 +115,7 @@ def _target(reference: str, local_prefix: str | None) -> ReferenceTarget | None:
     return reference_target(reference)
 
 
-def _strings(rows: dict, parameter: SearchParameter, values: list[Any]) -> None:
+def _strings(rows: dict, code: str, values: list[Any]) -> None:
     found = rows["string"]
     for value in values:
         if isinstance(value, str):
@@ -91,7 +126,7 @@ def _strings(rows: dict, parameter: SearchParameter, values: list[Any]) -> None:
             continue
         for text in texts:
             if text:
-                found[(parameter.code, normalize_string(text), text)] = None
+                found[(code, normalize_string(text), text)] = None
 
 
 def _name_or_address_texts(value: dict[str, Any]) -> list[str]:
@@ -110,9 +145,8 @@ def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _tokens(rows: dict, parameter: SearchParameter, values: list[Any]) -> None:
+def _tokens(rows: dict, code: str, values: list[Any]) -> None:
     found = rows["token"]
-    code = parameter.code
     for value in values:
         if isinstance(value, str):
             found[(code, None, value, None)] = None
@@ -141,30 +175,37 @@ def _token_element(found: dict, code: str, value: dict[str, Any]) -> None:
         identifier_type = value.get("type")
         text = identifier_type.get("text") if isinstance(identifier_type, dict) else None
         found[(code, value.get("system"), str(value["value"]), _normalized(text))] = None
+        if isinstance(identifier_type, dict):
+            # `:of-type` searches type-system|type-code|value: the type's coding in system, and its code
+            # and the value joined by `|` in code, so one B-tree lookup finds it.
+            for coding in identifier_type.get("coding") or []:
+                if isinstance(coding, dict) and coding.get("code"):
+                    found[(code + ":of-type", coding.get("system"), f"{coding['code']}|{value['value']}",
+                           None)] = None
 
 
 def _normalized(text: Any) -> str | None:
     return normalize_string(text) if isinstance(text, str) else None
 
 
-def _dates(rows: dict, parameter: SearchParameter, values: list[Any]) -> None:
+def _dates(rows: dict, code: str, values: list[Any]) -> None:
     found = rows["date"]
     for value in values:
         if isinstance(value, str):
             bounds = _date_bounds(value)
             if bounds:
-                found[(parameter.code, *bounds)] = None
+                found[(code, *bounds)] = None
         elif isinstance(value, dict):
             if "start" in value or "end" in value:  # Period; a missing bound is open
                 start = _date_bounds(value.get("start")) if value.get("start") else (FAR_PAST, FAR_PAST)
                 end = _date_bounds(value.get("end")) if value.get("end") else (FAR_FUTURE, FAR_FUTURE)
                 if start and end:
-                    found[(parameter.code, start[0], end[1])] = None
+                    found[(code, start[0], end[1])] = None
             elif "event" in value:  # Timing
                 for event in value["event"]:
                     bounds = _date_bounds(event)
                     if bounds:
-                        found[(parameter.code, *bounds)] = None
+                        found[(code, *bounds)] = None
 
 
 def _date_bounds(value: Any) -> tuple[datetime, datetime] | None:
@@ -174,7 +215,7 @@ def _date_bounds(value: Any) -> tuple[datetime, datetime] | None:
         return None
 
 
-def _numbers(rows: dict, parameter: SearchParameter, values: list[Any]) -> None:
+def _numbers(rows: dict, code: str, values: list[Any]) -> None:
     found = rows["number"]
     for value in values:
         if isinstance(value, dict):
@@ -183,10 +224,10 @@ def _numbers(rows: dict, parameter: SearchParameter, values: list[Any]) -> None:
             number = decimal_of(value)
         except ValueError:
             continue
-        found[(parameter.code, number, *number_range(number))] = None
+        found[(code, number, *number_range(number))] = None
 
 
-def _quantities(rows: dict, parameter: SearchParameter, values: list[Any]) -> None:
+def _quantities(rows: dict, code: str, values: list[Any]) -> None:
     found = rows["quantity"]
     for value in values:
         if not isinstance(value, dict):
@@ -202,9 +243,11 @@ def _quantities(rows: dict, parameter: SearchParameter, values: list[Any]) -> No
             point = low_value if low_value is not None else high_value
             if point is None:
                 continue
-            found[(parameter.code, point, low_value if low_value is not None else point,
-                   high_value if high_value is not None else point, unit_source.get("system"),
-                   unit_source.get("code"), unit_source.get("unit"))] = None
+            system, unit_code = unit_source.get("system"), unit_source.get("code")
+            bounds = (point, low_value if low_value is not None else point,
+                      high_value if high_value is not None else point)
+            found[(code, *bounds, system, unit_code, unit_source.get("unit"),
+                   *_canonical(system, unit_code, bounds))] = None
             continue
         try:
             number = decimal_of(value.get("value"))
@@ -214,25 +257,134 @@ def _quantities(rows: dict, parameter: SearchParameter, values: list[Any]) -> No
             system, unit_code, unit = ISO_4217, value["currency"], value["currency"]
         else:
             system, unit_code, unit = value.get("system"), value.get("code"), value.get("unit")
-        found[(parameter.code, number, *number_range(number), system, unit_code, unit)] = None
+        bounds = (number, *number_range(number))
+        found[(code, *bounds, system, unit_code, unit, *_canonical(system, unit_code, bounds))] = None
 
 
-def _uris(rows: dict, parameter: SearchParameter, values: list[Any]) -> None:
+def _canonical(system: Any, unit_code: Any, bounds: tuple[Decimal, Decimal, Decimal]) -> tuple:
+    """(canonical unit, value, low, high) of a UCUM quantity the conversion table knows, else Nones."""
+    conversion = ucum_canonical(unit_code) if system == UCUM and isinstance(unit_code, str) else None
+    if conversion is None:
+        return None, None, None, None
+    factor, unit = conversion
+    return (unit, *(bound * factor for bound in bounds))
+
+
+def _uris(rows: dict, code: str, values: list[Any]) -> None:
     found = rows["uri"]
     for value in values:
         if isinstance(value, str):
-            found[(parameter.code, value)] = None
+            found[(code, value)] = None
 
 
-def _references(rows: dict, parameter: SearchParameter, values: list[Any], local_prefix: str | None) -> None:
+def _references(rows: dict, code: str, values: list[Any], local_prefix: str | None) -> None:
     found = rows["reference"]
     for value in values:
         if isinstance(value, dict):
+            identifier = value.get("identifier")
+            if isinstance(identifier, dict) and "value" in identifier:  # for `:identifier`
+                rows["token"][(code + ":identifier", identifier.get("system"), str(identifier["value"]),
+                               None)] = None
             value = value.get("reference")
         if isinstance(value, str):  # a Reference, or a canonical URL
             target = _target(value, local_prefix)
             if target is not None:
-                found[(parameter.code, *target)] = None
+                found[(code, *target)] = None
+
+
+def _composites(rows: dict, parameter: SearchParameter, elements: list[Any], resource: dict[str, Any],
+                local_prefix: str | None) -> None:
+    """Component rows `<code>$<n>` keyed by element, for every element where each component has a value."""
+    element_key = 0
+    for element in elements:
+        if not isinstance(element, dict):
+            continue
+        parts: list[tuple[str, list[tuple]]] = []
+        for position, component in enumerate(parameter.components):
+            values = component.evaluate(element, resource)
+            table = component.type
+            found: dict[str, dict[tuple, None]] = {table: {}, "token": {}}
+            if table == "reference":
+                _references(found, f"{parameter.code}${position}", values, local_prefix)
+            else:
+                _ADD[table](found, f"{parameter.code}${position}", values)
+            if not found[table]:
+                break
+            parts.append((table, list(found[table])))
+        else:
+            for table, component_rows in parts:
+                for row in component_rows:
+                    rows[table][(*row, element_key)] = None
+            element_key += 1
+
+
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _full_text(rows: dict, resource: dict[str, Any]) -> None:
+    """`_text`: the narrative without its markup; `_content`: every string value of the resource."""
+    narrative = resource.get("text")
+    if isinstance(narrative, dict) and isinstance(narrative.get("div"), str):
+        text = html.unescape(_TAG.sub(" ", narrative["div"]))
+        if text.strip():
+            rows["text"][("_text", _plain(text))] = None
+    strings: list[str] = []
+    stack: list[Any] = [{key: value for key, value in resource.items() if key not in ("text", "meta", "id")}]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, str) and not item.startswith(("http://", "https://", "urn:")):
+            strings.append(item)
+    if strings:
+        rows["text"][("_content", _plain(" ".join(strings)))] = None
+
+
+def _plain(text: str) -> str:
+    """Text as full-text search compares it: lower case, without accents, whitespace collapsed."""
+    return normalize_string(" ".join(text.split()), limit=None)
+
+
+def _concepts(rows: dict, resource: dict[str, Any]) -> None:
+    resource_type = resource.get("resourceType")
+    url = resource.get("url")
+    if not isinstance(url, str) or resource.get("status") == "retired":
+        return
+    found = rows["concept"]
+    if resource_type == "CodeSystem":
+        stack: list[tuple[Any, tuple[str, ...]]] = [(concept, ()) for concept in resource.get("concept") or []]
+        while stack:
+            concept, ancestors = stack.pop()
+            code = concept.get("code") if isinstance(concept, dict) else None
+            if not isinstance(code, str):
+                continue
+            for ancestor in (code, *ancestors):
+                found[(url, url, code, ancestor)] = None
+            stack.extend((child, (code, *ancestors)) for child in concept.get("concept") or [])
+    elif resource_type == "ValueSet":
+        contains = list((resource.get("expansion") or {}).get("contains") or [])
+        while contains:
+            item = contains.pop()
+            if isinstance(item, dict):
+                if item.get("code"):
+                    found[(url, item.get("system"), item["code"], None)] = None
+                contains.extend(item.get("contains") or [])
+        for include in (resource.get("compose") or {}).get("include") or []:
+            system = include.get("system")
+            if not isinstance(system, str):
+                continue  # includes of other value sets are not expanded
+            concepts = include.get("concept") or []
+            for concept in concepts:
+                if isinstance(concept, dict) and concept.get("code"):
+                    found[(url, system, concept["code"], None)] = None
+            filters = include.get("filter") or []
+            for item in filters:
+                if item.get("property") == "concept" and item.get("op") == "is-a" and item.get("value"):
+                    found[(url, system, None, item["value"])] = None
+            if not concepts and not filters:
+                found[(url, system, None, None)] = None
 
 
 _ADD = {"string": _strings, "token": _tokens, "date": _dates, "number": _numbers, "quantity": _quantities,

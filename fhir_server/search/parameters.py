@@ -20,13 +20,15 @@ log = logging.getLogger(__name__)
 
 SEARCH_PARAMETERS_FILE = RESOURCES_DIR / "search-parameters.json"
 
-# Parameter types with an index table; composite and special ones are not searchable here yet.
+# Parameter types with an index table of their own; a composite's components go to these tables too.
 INDEXED_TYPES = frozenset({"string", "token", "date", "number", "quantity", "uri", "reference"})
 # Served from columns of the `resource` table rather than from index rows.
 COLUMN_PARAMETERS = frozenset({"_id", "_lastUpdated"})
 COMMON_BASES = ("Resource", "DomainResource")
 
 Evaluate = Callable[[dict[str, Any]], list[Any]]
+EvaluateComponent = Callable[[Any, dict[str, Any]], list[Any]]
+"""Values of a composite's component in one element (the resource is there for `%resource` paths)."""
 
 _R4 = models["r4"]
 _SIMPLE_PATH = re.compile(r"[A-Z][A-Za-z]*(?:\.[a-z][A-Za-z0-9]*)+")
@@ -51,7 +53,17 @@ class SearchParameter:
     """The part of the definition's expression that applies to this resource type."""
     targets: tuple[str, ...]
     evaluate: Evaluate | None
-    """Values of the parameter in a resource; None when the parameter has no index rows."""
+    """Values of the parameter in a resource; None when the parameter has no index rows.
+
+    For a composite: the elements its components are read from, together."""
+    components: tuple["Component", ...] = ()
+    """A composite's components, in the order of the search value's `$`-separated parts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    type: str
+    evaluate: EvaluateComponent
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,15 +257,64 @@ def _common_parameter(definition: dict[str, Any]) -> SearchParameter:
                            tuple(definition.get("target", ())), evaluate)
 
 
-def load_search_parameters(path: Path = SEARCH_PARAMETERS_FILE) -> SearchParameterRegistry:
-    """Read the vendored SearchParameters and compile their expressions for every base type."""
-    definitions = json.loads(path.read_text())["searchParameters"]
+_COMPONENT_OF_TYPE = re.compile(r"([a-z][A-Za-z0-9]*)\.ofType\(([A-Za-z]+)\)")
+
+
+def _component_part(part: str) -> EvaluateComponent:
+    """A component expression, relative to the composite's element: `code`, `value.ofType(Quantity)`,
+    a dotted path, `value` (any value[x]) or `%resource.path`."""
+    if part.startswith("%resource."):
+        steps = tuple(part.split(".")[1:])
+        return lambda element, resource: _walk([resource], steps)
+    if match := _COMPONENT_OF_TYPE.fullmatch(part):
+        key = match.group(1) + match.group(2)[0].upper() + match.group(2)[1:]
+        return lambda element, resource: _walk([element], (key,))
+    steps = tuple(part.split("."))
+    if steps == ("value",):
+        return lambda element, resource: [value for key, value in element.items()
+                                          if key.startswith("value") and key[5:6].isupper()]
+    return lambda element, resource: _walk([element], steps)
+
+
+def _component_evaluator(expression: str) -> EvaluateComponent:
+    parts = [_component_part(part) for part in _split_union(expression)]
+    if len(parts) == 1:
+        return parts[0]
+    return lambda element, resource: [value for part in parts for value in part(element, resource)]
+
+
+def _element_evaluator(base: str, parts: list[str]) -> Evaluate:
+    """The elements of a composite: the resource itself (`Observation`) or elements below it."""
+    evaluators = [(lambda resource: [resource]) if part == base else _evaluator([part]) for part in parts]
+    return _union(evaluators)
+
+
+def _composite(definition: dict[str, Any], base: str, own_parts: list[str],
+               types_by_url: dict[str, str]) -> SearchParameter | None:
+    components = []
+    for component in definition.get("component") or []:
+        component_type = types_by_url.get(component.get("definition"))
+        if component_type not in INDEXED_TYPES or not component.get("expression"):
+            return None
+        components.append(Component(component_type, _component_evaluator(component["expression"])))
+    if not components:
+        return None
+    return SearchParameter(definition["code"], "composite", definition["url"], " | ".join(own_parts), (),
+                           _element_evaluator(base, own_parts), tuple(components))
+
+
+def load_search_parameters(path: Path = SEARCH_PARAMETERS_FILE,
+                           extra: tuple[dict[str, Any], ...] = ()) -> SearchParameterRegistry:
+    """Read the vendored SearchParameters, then `extra` ones (stored on this server, which win over a
+    vendored one of the same code), and compile their expressions for every base type."""
+    definitions = [*json.loads(path.read_text())["searchParameters"], *extra]
+    types_by_url = {d["url"]: d["type"] for d in definitions if d.get("url")}
     common = {d["code"]: _common_parameter(d) for d in definitions
               if any(base in COMMON_BASES for base in d["base"]) and d.get("expression")}
     by_type: dict[str, dict[str, SearchParameter]] = {}
     for definition in definitions:
         expression = definition.get("expression")
-        if definition["type"] not in INDEXED_TYPES or not expression:
+        if (definition["type"] not in INDEXED_TYPES and definition["type"] != "composite") or not expression:
             continue
         parts = _split_union(expression)
         for base in definition["base"]:
@@ -262,16 +323,33 @@ def load_search_parameters(path: Path = SEARCH_PARAMETERS_FILE) -> SearchParamet
             own_parts = [part for part in parts if _leading_type(part) == base]
             if not own_parts:
                 continue
-            by_type.setdefault(base, dict(common))[definition["code"]] = SearchParameter(
-                definition["code"], definition["type"], definition["url"], " | ".join(own_parts),
-                tuple(definition.get("target", ())), _evaluator(own_parts))
+            if definition["type"] == "composite":
+                parameter = _composite(definition, base, own_parts, types_by_url)
+                if parameter is None:
+                    continue
+            else:
+                parameter = SearchParameter(definition["code"], definition["type"], definition["url"],
+                                            " | ".join(own_parts), tuple(definition.get("target", ())),
+                                            _evaluator(own_parts))
+            by_type.setdefault(base, dict(common))[definition["code"]] = parameter
     return SearchParameterRegistry(by_type, common)
+
+
+_stored_definitions: tuple[dict[str, Any], ...] = ()
+
+
+def use_stored_search_parameters(definitions: list[dict[str, Any]]) -> SearchParameterRegistry:
+    """Rebuild the registry with the active SearchParameters stored on this server (replacing earlier ones)."""
+    global _stored_definitions
+    _stored_definitions = tuple(definitions)
+    search_parameters.cache_clear()
+    return search_parameters()
 
 
 @lru_cache(maxsize=1)
 def search_parameters() -> SearchParameterRegistry:
     """The registry, loaded on first use (call it at start-up to pay the ~0.3 s compile cost there)."""
-    return load_search_parameters()
+    return load_search_parameters(extra=_stored_definitions)
 
 
 def parameters_for(resource_type: str | None) -> dict[str, SearchParameter]:

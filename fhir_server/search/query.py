@@ -1,15 +1,17 @@
 """Search parameters of a request → a parameterised SQL condition over `resource r` and the index tables."""
 
+import itertools
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
 from fhir_server.errors import FHIRError
-from fhir_server.search.parameters import SearchParameter, parameters_for
+from fhir_server.search import terminology
+from fhir_server.search.parameters import SearchParameter, parameters_for, search_parameters
 from fhir_server.search.values import (
-    FAR_FUTURE, date_range, decimal_of, normalize_string, number_range, reference_target,
+    FAR_FUTURE, UCUM, date_range, decimal_of, normalize_string, number_range, reference_target, ucum_canonical,
 )
 
 # Result parameters: they shape the Bundle rather than select resources.
@@ -23,11 +25,17 @@ PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _PREFIXED = re.compile(r"(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)", re.DOTALL)
 _MODIFIERS = {
     "string": {"exact", "contains"},
-    "token": {"not", "text"},
-    "reference": set(),
+    "token": {"not", "text", "in", "not-in", "below", "above", "of-type"},
+    "reference": {"identifier"},
     "uri": {"below", "above"},
-    "date": set(), "number": set(), "quantity": set(),
+    "date": set(), "number": set(), "quantity": set(), "composite": set(),
 }
+_NEGATED_MODIFIERS = frozenset({"not", "not-in"})
+# Rows other than the parameter's own: `:identifier` reads Reference.identifier and `:of-type` the
+# identifier's type, both indexed as tokens under `<code>:<modifier>`.
+_MODIFIER_ROWS = {"identifier": "search_token", "of-type": "search_token"}
+# Searched by their own SQL rather than through the parameter registry.
+_SPECIAL_PARAMETERS = frozenset({"_list", "_text", "_content"})
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]+")
 
 
@@ -96,6 +104,10 @@ def unsupported(name: str, resource_type: str | None, message: str | None = None
                         message or f"Unknown or unsupported search parameter '{name}' for {target}", name)
 
 
+class _Unknown(Exception):
+    """A parameter (or a part of a chain) this server does not know or support."""
+
+
 def parse_query(resource_type: str | None, query: list[tuple[str, str]], *, strict: bool,
                 base_url: str | None = None) -> ParsedQuery:
     """The SQL condition for the filter parameters of `query`; result and format parameters are skipped.
@@ -103,7 +115,7 @@ def parse_query(resource_type: str | None, query: list[tuple[str, str]], *, stri
     Unknown parameters raise a 400 when `strict`, else they are listed in `unknown`; malformed values
     always raise a 400.
     """
-    known = parameters_for(resource_type)
+    builder = _Builder(base_url.rstrip("/") if base_url else None)
     condition = Condition()
     if resource_type is not None:
         condition.add("r.resource_type = %s", resource_type)
@@ -113,14 +125,14 @@ def parse_query(resource_type: str | None, query: list[tuple[str, str]], *, stri
     for name, value in query:
         if name in RESULT_PARAMETERS or name in FORMAT_PARAMETERS:
             continue
-        code, _, modifier = name.partition(":")
-        parameter = known.get(code)
-        if parameter is None or not _modifier_supported(parameter, modifier):
+        try:
+            clause = builder.clause(resource_type, "r", name, value)
+        except _Unknown as error:
             if strict:
-                raise unsupported(name, resource_type)
+                raise unsupported(name, resource_type, str(error) or None) from None
             unknown.append(name)
             continue
-        _add_clause(condition, resource_type, parameter, name, modifier, value, base_url)
+        condition.add(clause.where(), *clause.args)
         accepted.append((name, value))
     return ParsedQuery(condition, accepted, unknown)
 
@@ -130,50 +142,223 @@ def _modifier_supported(parameter: SearchParameter, modifier: str) -> bool:
         return True
     if parameter.code in ("_id", "_lastUpdated"):
         return False
-    if parameter.type == "reference":
-        return bool(_RESOURCE_TYPE.fullmatch(modifier)) and (not parameter.targets or modifier in parameter.targets)
+    if parameter.type == "reference" and _RESOURCE_TYPE.fullmatch(modifier):
+        return not parameter.targets or modifier in parameter.targets
     return modifier in _MODIFIERS.get(parameter.type, set())
 
 
-def _add_clause(condition: Condition, resource_type: str | None, parameter: SearchParameter, name: str,
-                modifier: str, value: str, base_url: str | None) -> None:
-    if modifier == "missing":
-        if value not in ("true", "false"):
-            raise invalid(name, "':missing' takes true or false")
-        if parameter.code in ("_id", "_lastUpdated"):
-            if value == "true":
-                condition.add("false")
-            return
-        exists = _index_subquery(parameter, resource_type, correlated=True)
-        condition.add(("NOT " if value == "true" else "") + exists.sql[0], *exists.args)
-        return
-    values = _or_values(value)
-    if any(v == "" for v in values):
-        raise invalid(name, "empty value")
-    if parameter.code == "_id":
-        condition.add("r.fhir_id = ANY(%s)", [_unescape(v) for v in values])
-        return
-    if parameter.code == "_lastUpdated":
+def _known_type(resource_type: str) -> bool:
+    return resource_type in search_parameters().by_type
+
+
+@dataclass(slots=True)
+class _Builder:
+    """Builds the condition of one parameter over a resource alias; chains and `_has` nest it."""
+
+    base_url: str | None
+    counter: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def alias(self, prefix: str) -> str:
+        return f"{prefix}{next(self.counter)}"
+
+    def clause(self, resource_type: str | None, r: str, name: str, value: str) -> Condition:
+        """The condition `name=value` puts on resource `r` (of `resource_type`, None for any type)."""
+        if name.startswith("_has:"):
+            return self.has(resource_type, r, name, value)
+        head, _, chained = name.partition(".")
+        code, _, modifier = head.partition(":")
+        if code in _SPECIAL_PARAMETERS and not chained:
+            if modifier:
+                raise _Unknown()
+            return self.special(resource_type, r, code, name, value)
+        parameter = parameters_for(resource_type).get(code)
+        if parameter is None:
+            raise _Unknown()
+        if chained:
+            if parameter.type != "reference" or (modifier and not _RESOURCE_TYPE.fullmatch(modifier)):
+                raise _Unknown()
+            return self.chain(resource_type, r, parameter, name, modifier, chained, value)
+        if not _modifier_supported(parameter, modifier):
+            raise _Unknown()
+        return self.values(resource_type, r, parameter, name, modifier, value)
+
+    # -- chaining, reverse chaining, _list, _text/_content -------------------------------------------
+
+    def chain(self, resource_type: str | None, r: str, parameter: SearchParameter, name: str, modifier: str,
+              chained: str, value: str) -> Condition:
+        """`ref[:Type].param=value`: the target ids come from the inner condition, then the references to
+        them (search_reference_param index on (resource_type, param, target_id, target_type))."""
+        if modifier:
+            target_types = [modifier]
+        elif parameter.targets:
+            target_types = list(parameter.targets)
+        else:
+            raise invalid(name, f"'{parameter.code}' may point to any type: name it, as '{parameter.code}:Type'")
+        branches = Condition()
+        for target_type in target_types:
+            if not _known_type(target_type):
+                continue
+            t = self.alias("t")
+            try:
+                inner = self.clause(target_type, t, chained, value)
+            except _Unknown:
+                continue  # R4 lets a chain search every target type that has the parameter
+            branches.add(f"SELECT {t}.resource_type, {t}.fhir_id FROM resource {t} "
+                         f"WHERE {t}.resource_type = %s AND NOT {t}.deleted AND {inner.where()}",
+                         target_type, *inner.args)
+        if not branches.sql:
+            raise _Unknown(f"No target type of '{parameter.code}' has a search parameter '{chained}'")
+        x = self.alias("x")
+        result = Condition()
+        type_filter = f"{x}.resource_type = %s AND " if resource_type else ""
+        result.add(f"{r}.id IN (SELECT {x}.resource_id FROM search_reference {x} WHERE {type_filter}"
+                   f"{x}.param = %s AND {x}.target_url IS NULL AND ({x}.target_type, {x}.target_id) IN ("
+                   + " UNION ALL ".join(branches.sql) + "))",
+                   *([resource_type] if resource_type else []), parameter.code, *branches.args)
+        return result
+
+    def has(self, resource_type: str | None, r: str, name: str, value: str) -> Condition:
+        """`_has:Type:reference:param=value`: resources that a matching `Type` refers to through `reference`."""
+        parts = name.split(":", 3)
+        if len(parts) != 4 or not all(parts[1:]):
+            raise invalid(name, "'_has' takes the form _has:Type:reference:parameter")
+        _, referrer_type, reference_code, inner_name = parts
+        if not _known_type(referrer_type):
+            raise invalid(name, f"'{referrer_type}' is not a resource type")
+        reference = parameters_for(referrer_type).get(reference_code)
+        if reference is None or reference.type != "reference":
+            raise invalid(name, f"'{reference_code}' is not a reference parameter of {referrer_type}")
+        if resource_type and reference.targets and resource_type not in reference.targets:
+            raise invalid(name, f"'{referrer_type}.{reference_code}' never points to {resource_type}")
+        h, x = self.alias("h"), self.alias("x")
+        inner = self.clause(referrer_type, h, inner_name, value)
+        referrers = (f"FROM search_reference {x} WHERE {x}.resource_type = %s AND {x}.param = %s "
+                     f"AND {x}.target_url IS NULL AND {{type_filter}}{x}.resource_id IN (SELECT {h}.id "
+                     f"FROM resource {h} WHERE {h}.resource_type = %s AND NOT {h}.deleted AND {inner.where()})")
+        result = Condition()
+        if resource_type:
+            result.add(f"{r}.fhir_id IN (SELECT {x}.target_id "
+                       + referrers.format(type_filter=f"{x}.target_type = %s AND ") + ")",
+                       referrer_type, reference_code, resource_type, referrer_type, *inner.args)
+        else:
+            result.add(f"({r}.resource_type, {r}.fhir_id) IN (SELECT {x}.target_type, {x}.target_id "
+                       + referrers.format(type_filter="") + ")",
+                       referrer_type, reference_code, referrer_type, *inner.args)
+        return result
+
+    def special(self, resource_type: str | None, r: str, code: str, name: str, value: str) -> Condition:
+        values = _or_values(value)
+        if any(not v.strip() for v in values):
+            raise invalid(name, "empty value")
+        result = Condition()
+        x = self.alias("x")
+        if code == "_list":
+            if any(v.startswith("$") for v in values):
+                raise _Unknown("Functional lists ($current-allergies, ...) are not supported")
+            ids = [_unescape(v) for v in values]
+            lists = (f"FROM search_reference {x} JOIN resource l ON l.id = {x}.resource_id "
+                     f"WHERE l.resource_type = 'List' AND l.fhir_id = ANY(%s) AND NOT l.deleted "
+                     f"AND {x}.resource_type = 'List' AND {x}.param = 'item' AND {x}.target_url IS NULL")
+            if resource_type:
+                result.add(f"{r}.fhir_id IN (SELECT {x}.target_id {lists} AND {x}.target_type = %s)",
+                           ids, resource_type)
+            else:
+                result.add(f"({r}.resource_type, {r}.fhir_id) IN (SELECT {x}.target_type, {x}.target_id {lists})",
+                           ids)
+            return result
+        queries = " || ".join(["websearch_to_tsquery('english', %s)"] * len(values))
+        type_filter = f"{x}.resource_type = %s AND " if resource_type else ""
+        result.add(f"{r}.id IN (SELECT {x}.resource_id FROM search_text {x} WHERE {type_filter}{x}.param = %s "
+                   f"AND {x}.document @@ ({queries}))",
+                   *([resource_type] if resource_type else []), code,
+                   *(normalize_string(_unescape(v), limit=None) for v in values))
+        return result
+
+    # -- a parameter's own values -----------------------------------------------------------------------
+
+    def values(self, resource_type: str | None, r: str, parameter: SearchParameter, name: str, modifier: str,
+               value: str) -> Condition:
+        result = Condition()
+        if modifier == "missing":
+            if value not in ("true", "false"):
+                raise invalid(name, "':missing' takes true or false")
+            if parameter.code in ("_id", "_lastUpdated"):
+                if value == "true":
+                    result.add("false")
+                return result
+            param = f"{parameter.code}$0" if parameter.type == "composite" else parameter.code
+            exists = _index_subquery(INDEX_TABLES[_table_type(parameter)], param, resource_type, r,
+                                     correlated=True)
+            result.add(("NOT " if value == "true" else "") + exists.sql[0], *exists.args)
+            return result
+        values = _or_values(value)
+        if any(v == "" for v in values):
+            raise invalid(name, "empty value")
+        if parameter.code == "_id":
+            result.add(f"{r}.fhir_id = ANY(%s)", [_unescape(v) for v in values])
+            return result
+        if parameter.code == "_lastUpdated":
+            alternatives = Condition()
+            for v in values:
+                _date_condition(alternatives, name, v, f"{r}.last_updated", f"{r}.last_updated")
+            result.add("(" + " OR ".join(alternatives.sql) + ")", *alternatives.args)
+            return result
+        if parameter.type == "composite":
+            return self.composite(resource_type, r, parameter, name, values)
         alternatives = Condition()
         for v in values:
-            _date_condition(alternatives, name, v, "r.last_updated", "r.last_updated")
-        condition.add("(" + " OR ".join(alternatives.sql) + ")", *alternatives.args)
-        return
-    alternatives = Condition()
-    for v in values:
-        _VALUE_CONDITIONS[parameter.type](alternatives, parameter, name, modifier, v, base_url)
-    negated = modifier == "not"
-    subquery = _index_subquery(parameter, resource_type, correlated=negated,
-                               extra="(" + " OR ".join(alternatives.sql) + ")")
-    condition.add(("NOT " if negated else "") + subquery.sql[0], *subquery.args, *alternatives.args)
+            _VALUE_CONDITIONS[parameter.type](alternatives, name, modifier, v, "s", self.base_url)
+        table = _MODIFIER_ROWS.get(modifier, INDEX_TABLES[parameter.type])
+        param = f"{parameter.code}:{modifier}" if modifier in _MODIFIER_ROWS else parameter.code
+        negated = modifier in _NEGATED_MODIFIERS
+        subquery = _index_subquery(table, param, resource_type, r, correlated=negated,
+                                   extra="(" + " OR ".join(alternatives.sql) + ")")
+        result.add(("NOT " if negated else "") + subquery.sql[0], *subquery.args, *alternatives.args)
+        return result
+
+    def composite(self, resource_type: str | None, r: str, parameter: SearchParameter, name: str,
+                  values: list[str]) -> Condition:
+        """Component rows of one element joined on (resource_id, element): both parts match together."""
+        components = parameter.components
+        aliases = [self.alias("c") for _ in components]
+        alternatives = Condition()
+        for v in values:
+            parts = split_escaped(v, "$")
+            if len(parts) != len(components):
+                raise invalid(name, f"'{v}' needs {len(components)} parts separated by '$'")
+            both = Condition()
+            for part, component, c in zip(parts, components, aliases):
+                if not part:
+                    raise invalid(name, f"'{v}' has an empty part")
+                one = Condition()
+                _VALUE_CONDITIONS[component.type](one, name, "", part, c, self.base_url)
+                both.add(one.sql[0], *one.args)
+            alternatives.add("(" + " AND ".join(both.sql) + ")", *both.args)
+        first = aliases[0]
+        joins, join_args = [], []
+        for position, (component, c) in enumerate(zip(components[1:], aliases[1:]), start=1):
+            joins.append(f"JOIN {INDEX_TABLES[component.type]} {c} ON {c}.resource_id = {first}.resource_id "
+                         f"AND {c}.element = {first}.element AND {c}.param = %s")
+            join_args.append(f"{parameter.code}${position}")
+        type_filter = f"{first}.resource_type = %s AND " if resource_type else ""
+        result = Condition()
+        result.add(f"{r}.id IN (SELECT {first}.resource_id FROM {INDEX_TABLES[components[0].type]} {first} "
+                   f"{' '.join(joins)} WHERE {type_filter}{first}.param = %s AND ("
+                   + " OR ".join(alternatives.sql) + "))",
+                   *join_args, *([resource_type] if resource_type else []), f"{parameter.code}$0",
+                   *alternatives.args)
+        return result
 
 
-def _index_subquery(parameter: SearchParameter, resource_type: str | None, *, correlated: bool,
+def _table_type(parameter: SearchParameter) -> str:
+    return parameter.components[0].type if parameter.type == "composite" else parameter.type
+
+
+def _index_subquery(table: str, param: str, resource_type: str | None, r: str, *, correlated: bool,
                     extra: str | None = None) -> Condition:
     """`r.id IN (rows of this parameter ...)`, or `EXISTS (...)` when it is to be negated."""
-    table = INDEX_TABLES[parameter.type]
     filters = ["s.param = %s"]
-    args: list[Any] = [parameter.code]
+    args: list[Any] = [param]
     if resource_type is not None:
         filters.insert(0, "s.resource_type = %s")
         args.insert(0, resource_type)
@@ -181,10 +366,10 @@ def _index_subquery(parameter: SearchParameter, resource_type: str | None, *, co
         filters.append(extra)
     result = Condition()
     if correlated:
-        result.add(f"EXISTS (SELECT 1 FROM {table} s WHERE s.resource_id = r.id AND {' AND '.join(filters)})",
+        result.add(f"EXISTS (SELECT 1 FROM {table} s WHERE s.resource_id = {r}.id AND {' AND '.join(filters)})",
                    *args)
     else:
-        result.add(f"r.id IN (SELECT s.resource_id FROM {table} s WHERE {' AND '.join(filters)})", *args)
+        result.add(f"{r}.id IN (SELECT s.resource_id FROM {table} s WHERE {' AND '.join(filters)})", *args)
     return result
 
 
@@ -192,25 +377,68 @@ def _like_prefix(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _string_condition(out: Condition, parameter: SearchParameter, name: str, modifier: str, value: str,
-                      base_url: str | None) -> None:
+def _string_condition(out: Condition, name: str, modifier: str, value: str, s: str, base_url: str | None) -> None:
     text = _unescape(value)
     if modifier == "exact":
-        out.add("s.value_exact = %s", text)
+        out.add(f"{s}.value_exact = %s", text)
     elif modifier == "contains":
-        out.add("s.value LIKE %s", "%" + _like_prefix(normalize_string(text)) + "%")
+        out.add(f"{s}.value LIKE %s", "%" + _like_prefix(normalize_string(text)) + "%")
     else:
-        out.add("s.value LIKE %s", _like_prefix(normalize_string(text)) + "%")
+        out.add(f"{s}.value LIKE %s", _like_prefix(normalize_string(text)) + "%")
 
 
-def _token_condition(out: Condition, parameter: SearchParameter, name: str, modifier: str, value: str,
-                     base_url: str | None) -> None:
+def _system_and_code(name: str, value: str) -> tuple[str | None, str]:
+    """`[system|]code` → (system or None when absent, code); `|code` gives ('', code)."""
+    parts = split_escaped(value, "|")
+    if len(parts) == 1:
+        return None, _unescape(parts[0])
+    if len(parts) != 2 or not parts[1]:
+        raise invalid(name, f"'{value}' is not [system|]code")
+    return _unescape(parts[0]), _unescape(parts[1])
+
+
+def _token_condition(out: Condition, name: str, modifier: str, value: str, s: str, base_url: str | None) -> None:
     if modifier == "text":
-        out.add("s.text LIKE %s", _like_prefix(normalize_string(_unescape(value))) + "%")
+        text = _like_prefix(normalize_string(_unescape(value)))
+        out.add(f"({s}.text LIKE %s OR {s}.text LIKE %s)", text + "%", "% " + text + "%")
+        return
+    if modifier in ("in", "not-in"):
+        # Members: a stored ValueSet's explicit codes, the CodeSystem concepts its whole-system and is-a
+        # includes take, and a vendored R4 expansion. A `code` element has no system: its code decides.
+        url = _unescape(value).partition("|")[0]
+        systems, codes = terminology.vendored_members(url)
+        out.add("EXISTS (SELECT 1 FROM ("
+                "SELECT m.system, m.code FROM search_concept m WHERE m.url = %s AND m.resource_type = 'ValueSet' "
+                "AND m.code IS NOT NULL "
+                "UNION ALL SELECT c.system, c.code FROM search_concept m JOIN search_concept c "
+                "ON c.system = m.system AND c.ancestor = coalesce(m.ancestor, c.code) AND c.resource_type = 'CodeSystem' "
+                "WHERE m.url = %s AND m.resource_type = 'ValueSet' AND m.code IS NULL "
+                "UNION ALL SELECT * FROM unnest(%s::text[], %s::text[])) AS v (system, code) "
+                f"WHERE v.code = {s}.code AND ({s}.system IS NULL OR v.system = {s}.system))",
+                url, url, systems, codes)
+        return
+    if modifier in ("below", "above"):
+        system, code = _system_and_code(name, value)
+        given, wanted = ("ancestor", "code") if modifier == "below" else ("code", "ancestor")
+        system_filter = " AND c.system = %s" if system else ""
+        exact = f"{s}.code = %s" + (f" AND {s}.system = %s" if system else "")
+        out.add(f"(({exact}) OR ({s}.system, {s}.code) IN (SELECT c.system, c.{wanted} FROM search_concept c "
+                f"WHERE c.resource_type = 'CodeSystem' AND c.{given} = %s{system_filter}))",
+                code, *([system] if system else []), code, *([system] if system else []))
+        return
+    if modifier == "of-type":
+        parts = split_escaped(value, "|")
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise invalid(name, f"'{value}' is not type-system|type-code|value")
+        type_system, type_code, identifier = (_unescape(part) for part in parts)
+        if type_system:
+            out.add(f"({s}.system = %s AND {s}.code = %s)", type_system, f"{type_code}|{identifier}")
+        else:
+            out.add(f"{s}.code = %s", f"{type_code}|{identifier}")
         return
     parts = split_escaped(value, "|")
     if len(parts) == 1:
-        out.add("s.code = %s", _unescape(parts[0]))
+        out.add(f"{s}.code = %s", _unescape(parts[0]))
         return
     if len(parts) != 2:
         raise invalid(name, f"'{value}' is not [system]|[code]")
@@ -218,47 +446,48 @@ def _token_condition(out: Condition, parameter: SearchParameter, name: str, modi
     if not system and not code:
         raise invalid(name, "'|' needs a system or a code")
     if not system:
-        out.add("(s.system IS NULL AND s.code = %s)", code)
+        out.add(f"({s}.system IS NULL AND {s}.code = %s)", code)
     elif not code:
-        out.add("s.system = %s", system)
+        out.add(f"{s}.system = %s", system)
     else:
-        out.add("(s.system = %s AND s.code = %s)", system, code)
+        out.add(f"({s}.system = %s AND {s}.code = %s)", system, code)
 
 
-def _reference_condition(out: Condition, parameter: SearchParameter, name: str, modifier: str, value: str,
+def _reference_condition(out: Condition, name: str, modifier: str, value: str, s: str,
                          base_url: str | None) -> None:
+    if modifier == "identifier":
+        _token_condition(out, name, "", value, s, base_url)
+        return
     text = _unescape(value)
-    if base_url and text.startswith(base_url.rstrip("/") + "/"):
-        text = text[len(base_url.rstrip("/")) + 1:]
+    if base_url and text.startswith(base_url + "/"):
+        text = text[len(base_url) + 1:]
     if "/" not in text and ":" not in text:
-        target_type = modifier or (parameter.targets[0] if len(parameter.targets) == 1 else None)
-        if target_type:
-            out.add("(s.target_type = %s AND s.target_id = %s AND s.target_url IS NULL)", target_type, text)
+        if modifier:
+            out.add(f"({s}.target_type = %s AND {s}.target_id = %s AND {s}.target_url IS NULL)", modifier, text)
         else:
-            out.add("(s.target_id = %s AND s.target_url IS NULL)", text)
+            out.add(f"({s}.target_id = %s AND {s}.target_url IS NULL)", text)
         return
     target = reference_target(text)
     if target is None:
         raise invalid(name, f"'{value}' is not a reference")
     if target.target_url is not None:
-        out.add("s.target_url = %s", target.target_url)
+        out.add(f"{s}.target_url = %s", target.target_url)
         return
     if modifier and modifier != target.target_type:
         raise invalid(name, f"'{value}' is not a {modifier} reference")
-    out.add("(s.target_type = %s AND s.target_id = %s AND s.target_url IS NULL)",
+    out.add(f"({s}.target_type = %s AND {s}.target_id = %s AND {s}.target_url IS NULL)",
             target.target_type, target.target_id)
 
 
-def _uri_condition(out: Condition, parameter: SearchParameter, name: str, modifier: str, value: str,
-                   base_url: str | None) -> None:
+def _uri_condition(out: Condition, name: str, modifier: str, value: str, s: str, base_url: str | None) -> None:
     text = _unescape(value)
     if modifier == "below":
-        out.add("s.value LIKE %s", _like_prefix(text) + "%")
+        out.add(f"{s}.value LIKE %s", _like_prefix(text) + "%")
     elif modifier == "above":
-        out.add("%s LIKE (replace(replace(replace(s.value, '\\', '\\\\'), '%%', '\\%%'), '_', '\\_') || '%%')",
+        out.add(f"%s LIKE (replace(replace(replace({s}.value, '\\', '\\\\'), '%%', '\\%%'), '_', '\\_') || '%%')",
                 text)
     else:
-        out.add("s.value = %s", text)
+        out.add(f"{s}.value = %s", text)
 
 
 def _prefixed(name: str, value: str) -> tuple[str, str]:
@@ -300,55 +529,72 @@ def _date_condition(out: Condition, name: str, value: str, low: str, high: str) 
         out.add(f"({low} <= %s AND {high} >= %s)", widened_high, widened_low)
 
 
-def _date_value_condition(out: Condition, parameter: SearchParameter, name: str, modifier: str, value: str,
+def _date_value_condition(out: Condition, name: str, modifier: str, value: str, s: str,
                           base_url: str | None) -> None:
-    _date_condition(out, name, value, "s.low", "s.high")
+    _date_condition(out, name, value, f"{s}.low", f"{s}.high")
 
 
-def _number_condition(out: Condition, name: str, value: str) -> None:
-    prefix, text = _prefixed(name, value)
+def _number_condition(out: Condition, name: str, text_value: str, columns: tuple[str, str],
+                      factor: Decimal = Decimal(1)) -> None:
+    """R4 prefixes over the stored range [low, high) that the value's precision implies (or a Range's
+    bounds): eq = the stored range lies within the search value's range; gt/lt/ge/le compare with the
+    exact search value; sa/eb = the ranges do not overlap; ap = overlap with a 10% margin."""
+    prefix, text = _prefixed(name, text_value)
     try:
         number = decimal_of(text)
     except ValueError:
         raise invalid(name, f"'{text}' is not a number") from None
-    low, high = number_range(number)
+    search_low, search_high = number_range(number)
+    number, search_low, search_high = number * factor, search_low * factor, search_high * factor
+    low, high = columns
+    within = f"({low} >= %s AND {high} <= %s)"
     if prefix == "eq":
-        out.add("(s.value >= %s AND s.value < %s)", low, high)
+        out.add(within, search_low, search_high)
     elif prefix == "ne":
-        out.add("NOT (s.value >= %s AND s.value < %s)", low, high)
-    elif prefix in ("gt", "sa"):
-        out.add("s.value > %s", number)
-    elif prefix in ("lt", "eb"):
-        out.add("s.value < %s", number)
+        out.add(f"NOT {within}", search_low, search_high)
+    elif prefix == "gt":
+        out.add(f"{high} > %s", number)
+    elif prefix == "lt":
+        out.add(f"{low} < %s", number)
     elif prefix == "ge":
-        out.add("s.value >= %s", number)
+        out.add(f"({high} > %s OR {within})", number, search_low, search_high)
     elif prefix == "le":
-        out.add("s.value <= %s", number)
-    else:  # ap: within 10%
+        out.add(f"({low} < %s OR {within})", number, search_low, search_high)
+    elif prefix == "sa":
+        out.add(f"{low} >= %s", search_high)
+    elif prefix == "eb":
+        out.add(f"{high} <= %s", search_low)
+    else:  # ap: within 10% of the value
         margin = abs(number) / Decimal(10)
-        out.add("(s.value >= %s AND s.value <= %s)", number - margin, number + margin)
+        out.add(f"({low} <= %s AND {high} >= %s)", number + margin, number - margin)
 
 
-def _number_value_condition(out: Condition, parameter: SearchParameter, name: str, modifier: str, value: str,
+def _number_value_condition(out: Condition, name: str, modifier: str, value: str, s: str,
                             base_url: str | None) -> None:
-    _number_condition(out, name, value)
+    _number_condition(out, name, value, (f"{s}.low", f"{s}.high"))
 
 
-def _quantity_condition(out: Condition, parameter: SearchParameter, name: str, modifier: str, value: str,
+def _quantity_condition(out: Condition, name: str, modifier: str, value: str, s: str,
                         base_url: str | None) -> None:
+    """`[prefix]number[|system|code]`; a UCUM unit the conversion table knows compares in canonical units."""
     parts = split_escaped(value, "|")
     if len(parts) not in (1, 3):
         raise invalid(name, f"'{value}' is not [prefix][number]|[system]|[code]")
     both = Condition()
-    _number_condition(both, name, parts[0])
-    if len(parts) == 3:
-        system, code = _unescape(parts[1]), _unescape(parts[2])
+    system, code = (_unescape(parts[1]), _unescape(parts[2])) if len(parts) == 3 else ("", "")
+    conversion = ucum_canonical(code) if system == UCUM and code else None
+    if conversion is not None:
+        factor, canonical = conversion
+        both.add(f"{s}.canonical_code = %s", canonical)
+        _number_condition(both, name, parts[0], (f"{s}.canonical_low", f"{s}.canonical_high"), factor)
+    else:
+        _number_condition(both, name, parts[0], (f"{s}.low", f"{s}.high"))
         if system:
-            both.add("s.system = %s", system)
+            both.add(f"{s}.system = %s", system)
             if code:
-                both.add("s.code = %s", code)
+                both.add(f"{s}.code = %s", code)
         elif code:
-            both.add("(s.code = %s OR s.unit = %s)", code, code)
+            both.add(f"({s}.code = %s OR {s}.unit = %s)", code, code)
     out.add("(" + " AND ".join(both.sql) + ")", *both.args)
 
 

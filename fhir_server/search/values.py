@@ -23,13 +23,13 @@ _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 STRING_INDEX_LENGTH = 512
 
 
-def normalize_string(value: str) -> str:
-    """Lower case without accents, cut to the indexed length: how string search compares (R4 'case and
-    accent insensitive')."""
+def normalize_string(value: str, limit: int | None = STRING_INDEX_LENGTH) -> str:
+    """Lower case without accents, cut to the indexed length (`limit`): how string search compares (R4
+    'case and accent insensitive')."""
     if value.isascii():
-        return value[:STRING_INDEX_LENGTH].lower()
-    decomposed = unicodedata.normalize("NFKD", value[:STRING_INDEX_LENGTH])
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()[:STRING_INDEX_LENGTH]
+        return value[:limit].lower()
+    decomposed = unicodedata.normalize("NFKD", value[:limit])
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()[:limit]
 
 
 def date_range(value: str) -> tuple[datetime, datetime]:
@@ -126,3 +126,39 @@ def _type_and_id(parts: list[str]) -> tuple[str | None, str | None]:
     if len(parts) >= 2 and _RESOURCE_TYPE.fullmatch(parts[-2]) and _FHIR_ID.fullmatch(parts[-1]):
         return parts[-2], parts[-1]
     return None, None
+
+
+UCUM = "http://unitsofmeasure.org"
+# A small UCUM table, enough for the common clinical units: metric prefixes on gram, metre, litre, mole
+# and second, the usual time units, two customary units, and quotients of these (mg/dL, mmol/L, ...).
+# Units outside it (Cel, [degF], %, [iU], mo, a, annotations like {beats}/min) are compared as written.
+_UCUM_PREFIXES = {"": 1, "k": 1000, "h": 100, "da": 10, "d": Decimal("0.1"), "c": Decimal("0.01"),
+                  "m": Decimal("0.001"), "u": Decimal("1e-6"), "n": Decimal("1e-9"), "p": Decimal("1e-12")}
+_UCUM_BASES = ("mol", "g", "m", "L", "l", "s")
+_UCUM_SPECIAL = {"min": (Decimal(60), "s"), "h": (Decimal(3600), "s"), "d": (Decimal(86400), "s"),
+                 "wk": (Decimal(604800), "s"), "[lb_av]": (Decimal("453.59237"), "g"),
+                 "[oz_av]": (Decimal("28.349523125"), "g"), "[in_i]": (Decimal("0.0254"), "m"),
+                 "[ft_i]": (Decimal("0.3048"), "m")}
+
+
+def _ucum_atom(unit: str) -> tuple[Decimal, str] | None:
+    if unit in _UCUM_SPECIAL:
+        return _UCUM_SPECIAL[unit]
+    for base in _UCUM_BASES:
+        if unit.endswith(base) and unit[:-len(base)] in _UCUM_PREFIXES:
+            return Decimal(_UCUM_PREFIXES[unit[:-len(base)]]), "L" if base == "l" else base
+    return None
+
+
+def ucum_canonical(code: str) -> tuple[Decimal, str] | None:
+    """(factor, canonical unit) for a UCUM code the table knows: `mg/dL` → (0.01, 'g/L'); else None."""
+    numerator, _, denominator = code.partition("/")
+    top = _ucum_atom(numerator)
+    if top is None or "/" in denominator:
+        return None
+    if not denominator:
+        return top
+    bottom = _ucum_atom(denominator)
+    if bottom is None:
+        return None
+    return top[0] / bottom[0], f"{top[1]}/{bottom[1]}"

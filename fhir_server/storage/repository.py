@@ -9,18 +9,10 @@ import orjson
 from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError, Issue
-from fhir_server.search.extract import extract_index
+from fhir_server.search.extract import INDEX_COLUMNS, extract_index
 
-INDEX_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
-    "string": (("param", "text"), ("value", "text"), ("value_exact", "text")),
-    "token": (("param", "text"), ("system", "text"), ("code", "text"), ("text", "text")),
-    "date": (("param", "text"), ("low", "timestamptz"), ("high", "timestamptz")),
-    "number": (("param", "text"), ("value", "numeric"), ("low", "numeric"), ("high", "numeric")),
-    "quantity": (("param", "text"), ("value", "numeric"), ("low", "numeric"), ("high", "numeric"),
-                 ("system", "text"), ("code", "text"), ("unit", "text")),
-    "uri": (("param", "text"), ("value", "text")),
-    "reference": (("param", "text"), ("target_type", "text"), ("target_id", "text"), ("target_url", "text")),
-}
+# The index tables and their columns belong to the search package, which produces the rows.
+INDEX_TABLES = INDEX_COLUMNS
 
 # Every write is ONE statement: the resource row (CTE `w`), its version row, and the index rows, as
 # data-modifying CTEs. Sibling CTEs see the same snapshot, so the DELETEs of an update remove only

@@ -8,18 +8,9 @@ import orjson
 import psycopg
 import pytest
 
-from fhir_server.search.extract import extract_index
+from fhir_server.search.extract import INDEX_COLUMNS, extract_index
 
 BASE = "http://test.local/fhir"
-_COLUMNS = {
-    "string": "param, value, value_exact",
-    "token": "param, system, code, text",
-    "date": "param, low, high",
-    "number": "param, value, low, high",
-    "quantity": "param, value, low, high, system, code, unit",
-    "uri": "param, value",
-    "reference": "param, target_type, target_id, target_url",
-}
 
 
 def insert_for_test(conn: psycopg.Connection, resource: dict[str, Any]) -> int:
@@ -34,15 +25,17 @@ def insert_for_test(conn: psycopg.Connection, resource: dict[str, Any]) -> int:
             (resource["resourceType"], resource["id"], last_updated, orjson.dumps(resource)),
         ).fetchone()[0]
         rows = extract_index(resource)
-        for table, columns in _COLUMNS.items():
+        for table, columns in INDEX_COLUMNS.items():
             values = getattr(rows, table)
             if not values:
                 continue
-            placeholders = ", ".join(["%s"] * (columns.count(",") + 3))
+            names = ", ".join(name for name, _ in columns)
+            placeholders = ", ".join(["%s"] * (len(columns) + 2))
+            padding = (None,) * len(columns)
             with conn.cursor() as cursor:
                 cursor.executemany(
-                    f"INSERT INTO search_{table} (resource_id, resource_type, {columns}) VALUES ({placeholders})",
-                    [(resource_id, resource["resourceType"], *row) for row in values],
+                    f"INSERT INTO search_{table} (resource_id, resource_type, {names}) VALUES ({placeholders})",
+                    [(resource_id, resource["resourceType"], *(row + padding)[:len(columns)]) for row in values],
                 )
     return resource_id
 

@@ -125,7 +125,12 @@ async def test_number_and_quantity(aconn, store):
     assert sorted(await ids(aconn, "RiskAssessment", "probability=le0.81")) == ["r1", "r2"]
     assert await ids(aconn, "RiskAssessment", "probability=ap0.21") == ["r1"]
     assert await ids(aconn, "Observation", "value-quantity=70") == ["o1"]
-    assert await ids(aconn, "Observation", "value-quantity=gt100|http://unitsofmeasure.org|[lb_av]") == ["o2"]
+    # UCUM units compare in canonical units: 70 kg is about 154 lb.
+    assert sorted(await ids(aconn, "Observation", "value-quantity=gt100|http://unitsofmeasure.org|[lb_av]")) == [
+        "o1", "o2"]
+    # Stored precision counts: 70 kg stands for [69.5, 70.5) kg, 154 lb for about [69.63, 70.08) kg.
+    assert await ids(aconn, "Observation", "value-quantity=gt70600|http://unitsofmeasure.org|g") == []
+    assert await ids(aconn, "Observation", "value-quantity=gt70100|http://unitsofmeasure.org|g") == ["o1"]
     assert await ids(aconn, "Observation", "value-quantity=gt50||kg") == ["o1"]
     assert await ids(aconn, "Observation", "value-quantity=gt50||lb") == ["o2"]  # matches the unit text
     assert await ids(aconn, "Observation", "value-quantity=lt100|http://unitsofmeasure.org|[lb_av]") == []

@@ -75,7 +75,8 @@ def test_uris_and_quantities_and_numbers():
                    "valueQuantity": {"value": 70.5, "unit": "kg", "system": "http://unitsofmeasure.org",
                                      "code": "kg"}}
     assert by_param(extract_index(observation).quantity, "value-quantity") == [
-        (Decimal("70.5"), Decimal("70.45"), Decimal("70.55"), "http://unitsofmeasure.org", "kg", "kg")]
+        (Decimal("70.5"), Decimal("70.45"), Decimal("70.55"), "http://unitsofmeasure.org", "kg", "kg",
+         "g", Decimal("70500"), Decimal("70450"), Decimal("70550"))]
     risk = {"resourceType": "RiskAssessment", "id": "r", "status": "final", "subject": {"reference": "Patient/p"},
             "prediction": [{"probabilityDecimal": 0.25}]}
     assert by_param(extract_index(risk).number, "probability") == [

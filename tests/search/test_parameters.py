@@ -36,9 +36,10 @@ def test_choice_types_read_the_typed_element():
     assert [q["unit"] for q in value.evaluate(observation)] == ["mg"]
 
 
-def test_composite_and_special_parameters_are_not_offered():
-    observation = parameters_for("Observation")
-    assert "code-value-quantity" not in observation
+def test_composites_are_offered_with_their_components_and_special_parameters_are_not():
+    composite = parameters_for("Observation")["code-value-quantity"]
+    assert composite.type == "composite"
+    assert [component.type for component in composite.components] == ["token", "quantity"]
     assert "near" not in parameters_for("Location")
 
 

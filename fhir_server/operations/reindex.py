@@ -1,0 +1,27 @@
+"""$reindex on system and type level: stored SearchParameters join the registry, index rows are recomputed.
+
+Runs in the request for now (a worker takes it over later). The registry is per server process: with
+several worker processes, each one loads the stored SearchParameters at start-up.
+"""
+
+import orjson
+from psycopg import AsyncConnection
+
+from fhir_server.errors import FHIRError, Issue, operation_outcome
+from fhir_server.request import FHIRRequest, Outcome
+from fhir_server.search.reindex import load_stored_search_parameters, reindex as reindex_resources
+
+NAME = "reindex"
+DEFINITION = "http://fhir-server.dev/OperationDefinition/reindex"
+
+
+async def reindex(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
+    if req.method != "POST":
+        raise FHIRError.of(405, "not-supported", "$reindex changes the index: use POST")
+    if req.id is not None:
+        raise FHIRError.of(400, "not-supported", "$reindex runs on the system or on a resource type")
+    custom = await load_stored_search_parameters(conn)
+    count = await reindex_resources(conn, req.resource_type, req.base_url)
+    scope = f"{req.resource_type} resources" if req.resource_type else "resources"
+    message = f"Reindexed {count} {scope}; {custom} stored SearchParameter(s) active"
+    return Outcome(200, orjson.dumps(operation_outcome([Issue("informational", message, severity="information")])))
