@@ -8,6 +8,7 @@ from fhir_server.errors import FHIRError
 from fhir_server.interactions import capabilities, create, delete, history, patch, read, search, update
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.router import route
+from fhir_server.search.engine import Compartment, Restriction, find_matches
 
 # The interaction each handler performs, as far as authorization is concerned.
 KINDS = {
@@ -34,12 +35,22 @@ async def dispatch(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     if principal is None or handler is capabilities.capabilities:
         return await handler(conn, req)
     kind = _kind(req, handler)
-    patient = principal.restriction(req.resource_type, permission_for(req.method, kind, req.operation))
+    permission = permission_for(req.method, kind, req.operation)
+    patient = principal.restriction(req.resource_type, permission)
+    filters = principal.filters(req.resource_type, permission)
+    if kind == "search":
+        req.query = req.query + list(filters)
+        req.restriction = Restriction(Compartment("Patient", patient) if patient else None,
+                                      principal.readable_types())
+        return await handler(conn, req)
+    if filters and req.id is not None and kind in INSTANCE_CHECKED \
+            and not await find_matches(conn, req.resource_type, [("_id", req.id), *filters], limit=1):
+        raise not_found(req.resource_type, req.id)
     if patient is None:
         return await handler(conn, req)
-    if kind in ("search", "history"):
-        raise FHIRError.of(403, "forbidden", "Searches and history under patient/ scopes are not supported yet; "
-                                             "use a user/ or system/ scope")
+    if kind == "history":
+        raise FHIRError.of(403, "forbidden", "Type and system history under patient/ scopes is not supported; "
+                                             "read the history of each resource instead")
     if req.id is not None and kind in INSTANCE_CHECKED \
             and not await in_patient_compartment(conn, req.resource_type, req.id, patient):
         exists = await conn.execute("SELECT 1 FROM resource WHERE resource_type = %s AND fhir_id = %s",

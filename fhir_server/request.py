@@ -33,6 +33,8 @@ class FHIRRequest:
     """The parsed JSON body, if any."""
     principal: Any = None
     """The authenticated caller (`auth.enforce.Principal`), None when authorization is off."""
+    restriction: Any = None
+    """What a search may return to this caller (`search.engine.Restriction`), set by authorization."""
     assigned_id: str | None = None
     """The id a transaction assigned to a create whose fullUrl others reference."""
     deferred_reference_check: bool = False

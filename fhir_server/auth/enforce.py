@@ -45,6 +45,29 @@ class Principal:
         return self.token.patient
 
 
+    def filters(self, resource_type: str | None, permission: str) -> tuple[tuple[str, str], ...]:
+        """The v2 scope query the request must also satisfy (`patient/Observation.rs?category=...`).
+
+        A grant without a query lifts the filter; two different queries cannot be combined with AND
+        (they mean OR), so that case is refused rather than answered wrongly.
+        """
+        grants = matching_grants(self.grants, resource_type, permission)
+        if any(not grant.filters for grant in grants):
+            return ()
+        distinct = {grant.filters for grant in grants}
+        if len(distinct) > 1:
+            raise FHIRError.of(403, "forbidden", "Several scopes with different search filters cover this request; "
+                                                 "combining them is not supported")
+        return distinct.pop()
+
+    def readable_types(self) -> frozenset[str] | None:
+        """Types the caller may read or search (for included resources); None = every type."""
+        readable = [grant for grant in self.grants if grant.permissions & {"r", "s"}]
+        if any(grant.resource_type == "*" for grant in readable):
+            return None
+        return frozenset(grant.resource_type for grant in readable)
+
+
 def permission_for(method: str, kind: str, operation: str | None) -> str:
     """The SMART v2 permission letter an interaction needs."""
     if operation is not None:

@@ -10,5 +10,5 @@ async def search(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     strict = req.prefer("handling") == "strict"
     compartment = Compartment(req.compartment_type, req.id) if req.compartment_type and req.id else None
     body = await run_search(conn, base_url=req.base_url, resource_type=req.resource_type, query=req.query,
-                            strict=strict, compartment=compartment)
+                            strict=strict, compartment=compartment, restriction=req.restriction)
     return Outcome(200, body)
