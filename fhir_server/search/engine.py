@@ -33,6 +33,10 @@ _OWN_PARAMETERS = RESULT_PARAMETERS | {INCLUDE, REVINCLUDE, "_contained", "_cont
 _SORT_COLUMNS = {"string": ("value", "value"), "token": ("code", "code"), "date": ("low", "high"),
                  "number": ("value", "value"), "quantity": ("value", "value"), "uri": ("value", "value")}
 _LAST_UPDATED = "_lastUpdated"
+# Keys every candidate row has (a `_lastUpdated` key missing at the snapshot excludes the row).
+_NEVER_MISSING = frozenset({"_id", _LAST_UPDATED})
+_SNAPSHOT = object()
+"""Stands for the search's snapshot time among the arguments of a sort key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +123,8 @@ async def search(conn: psycopg.AsyncConnection, *, base_url: str, resource_type:
     digest = page.query_digest([search_url, options.types, parsed.accepted, [s.name for s in options.sorts]])
     position = page.decode(options.page_token, digest) if options.page_token else None
     snapshot = position.snapshot if position else datetime.now(timezone.utc)
-    keys = [_sort_key(sort, _single_type(resource_type, options.types), snapshot) for sort in options.sorts]
-    rows, more = await _page_rows(conn, condition, options.sorts, keys, position, options.count)
+    rows, more = await _page_rows(conn, condition, options.sorts, _single_type(resource_type, options.types),
+                                  snapshot, position, options.count)
 
     links = [("self", self_link)]
     paged = position is not None or more
@@ -352,20 +356,15 @@ def _parse_sort(options: ResultOptions, resource_type: str | None, value: str, s
     return True
 
 
-def _sort_key(sort: Sort, resource_type: str | None, snapshot: datetime) -> tuple[str, list[Any]]:
-    """SQL of the sort key of resource `r`, and its arguments.
-
-    `_lastUpdated` is read as of `snapshot` (when the search's first page was read): a resource updated
-    since keeps the position of its version current then, and one created since has no key and is left
-    out. Without this, paging by `_lastUpdated` would show an updated resource twice or never, as its
-    key would jump past the cursor. Other keys are read as they are now (R4 asks for no snapshot).
-    """
+def _sort_key(sort: Sort, resource_type: str | None, updated_since_snapshot: bool) -> tuple[str, list[Any]]:
+    """SQL of the sort key of resource `r`, and its arguments (`_SNAPSHOT` stands for the snapshot)."""
     if sort.code == "_id":
         return "r.fhir_id", []
     if sort.code == _LAST_UPDATED:
-        return ("CASE WHEN r.last_updated <= %s THEN r.last_updated ELSE (SELECT max(v.last_updated) "
-                "FROM resource_version v WHERE v.resource_id = r.id AND v.last_updated <= %s) END"), \
-            [snapshot, snapshot]
+        if not updated_since_snapshot:
+            return "r.last_updated", []
+        return ("(SELECT max(v.last_updated) FROM resource_version v "
+                "WHERE v.resource_id = r.id AND v.last_updated <= %s)"), [_SNAPSHOT]
     parameter = parameters_for(resource_type)[sort.code]
     column = _SORT_COLUMNS[parameter.type][1 if sort.descending else 0]
     aggregate = "max" if sort.descending else "min"
@@ -374,8 +373,33 @@ def _sort_key(sort: Sort, resource_type: str | None, snapshot: datetime) -> tupl
             f"WHERE s.resource_id = r.id AND {type_filter}s.param = %s)"), [parameter.code]
 
 
+def _candidates(condition: Condition, sorts: list[Sort], resource_type: str | None, snapshot: datetime
+                ) -> list[tuple[str, list[Any]]]:
+    """SQL of the matching rows with their sort keys k0, k1, ..., and its arguments; in one or two branches.
+
+    `_lastUpdated` is read as of `snapshot` (when the search's first page was read): a resource updated
+    since keeps the position of its version current then, and one created since has no key and is left
+    out. Without this, paging by `_lastUpdated` would show an updated resource twice or never, as its
+    key would jump past the cursor. The rows not updated since (nearly all) form their own branch, whose
+    key is the plain column, so that the (resource_type, last_updated, id) index can serve the page.
+    Other keys are read as they are now (R4 asks for no snapshot).
+    """
+    def branch(updated_since_snapshot: bool) -> tuple[str, list[Any]]:
+        keys = [_sort_key(sort, resource_type, updated_since_snapshot) for sort in sorts]
+        columns = "".join(f", {sql} AS k{index}" for index, (sql, _) in enumerate(keys))
+        args = [snapshot if arg is _SNAPSHOT else arg for _, key_args in keys for arg in key_args]
+        return (f"SELECT r.id, r.resource_type, r.fhir_id, r.content{columns} FROM resource r "
+                f"WHERE {condition.where()}"), [*args, *condition.args]
+
+    if not any(sort.code == _LAST_UPDATED for sort in sorts):
+        return [branch(False)]
+    (current, current_args), (updated, updated_args) = branch(False), branch(True)
+    return [(f"{current} AND r.last_updated <= %s", [*current_args, snapshot]),
+            (f"{updated} AND r.last_updated > %s", [*updated_args, snapshot])]
+
+
 async def _page_rows(conn: psycopg.AsyncConnection, condition: Condition, sorts: list[Sort],
-                     keys: list[tuple[str, list[Any]]], position: page.Position | None, count: int
+                     resource_type: str | None, snapshot: datetime, position: page.Position | None, count: int
                      ) -> tuple[list[tuple], bool]:
     """One page in (sort keys..., resource.id) order after/before `position`, and whether more rows lie beyond.
 
@@ -384,13 +408,12 @@ async def _page_rows(conn: psycopg.AsyncConnection, condition: Condition, sorts:
     if count == 0:
         return [], False
     forward = position is None or position.forward
-    key_columns = "".join(f", {sql} AS k{index}" for index, (sql, _) in enumerate(keys))
-    key_args = [arg for _, args in keys for arg in args]
     order = []
     for index, sort in enumerate(sorts):
         ascending = (not sort.descending) == forward
-        nulls = "ASC" if forward else "DESC"
-        order.append(f"(q.k{index} IS NULL) {nulls}, q.k{index} {'ASC' if ascending else 'DESC'}")
+        if sort.code not in _NEVER_MISSING:  # left out for those, so that an index can give the order
+            order.append(f"(q.k{index} IS NULL) {'ASC' if forward else 'DESC'}")
+        order.append(f"q.k{index} {'ASC' if ascending else 'DESC'}")
     # Ties break on resource.id, in the direction of the last key (ascending without keys).
     id_ascending = (not sorts or not sorts[-1].descending) == forward
     order.append(f"q.id {'ASC' if id_ascending else 'DESC'}")
@@ -400,11 +423,17 @@ async def _page_rows(conn: psycopg.AsyncConnection, condition: Condition, sorts:
         filters = [keyset]
     # A resource created after the snapshot has no `_lastUpdated` key: it is not part of this search.
     filters += [f"q.k{index} IS NOT NULL" for index, sort in enumerate(sorts) if sort.code == _LAST_UPDATED]
-    key_names = "".join(f", q.k{index}" for index in range(len(keys)))
-    sql = (f"SELECT q.id, q.resource_type, q.fhir_id, q.content{key_names} FROM ("
-           f"SELECT r.id, r.resource_type, r.fhir_id, r.content{key_columns} FROM resource r "
-           f"WHERE {condition.where()}) q WHERE {' AND '.join(filters)} ORDER BY {', '.join(order)} LIMIT %s")
-    cursor = await conn.execute(sql, [*key_args, *condition.args, *filter_args, count + 1])
+    key_names = "".join(f", q.k{index}" for index in range(len(sorts)))
+    ordered = f"ORDER BY {', '.join(order)} LIMIT %s"
+    pages, args = [], []
+    for candidates, candidate_args in _candidates(condition, sorts, resource_type, snapshot):
+        pages.append(f"SELECT q.id, q.resource_type, q.fhir_id, q.content{key_names} FROM ({candidates}) q "
+                     f"WHERE {' AND '.join(filters)} {ordered}")
+        args += [*candidate_args, *filter_args, count + 1]
+    # Each branch pages on its own (an index can give its order), then the branches merge.
+    sql = pages[0] if len(pages) == 1 else \
+        f"SELECT * FROM ({' UNION ALL '.join(f'({each})' for each in pages)}) q {ordered}"
+    cursor = await conn.execute(sql, args if len(pages) == 1 else [*args, count + 1])
     rows = await cursor.fetchall()
     more = len(rows) > count
     rows = rows[:count]
@@ -419,7 +448,12 @@ def _keyset(sorts: list[Sort], position: page.Position, forward: bool, id_ascend
     (key₀, key₁, ..., id), built from the last key outwards; a missing key sorts last in page order."""
     if len(position.keys) != len(sorts):
         raise FHIRError.of(400, "invalid", "The page token does not fit this search", page.PAGE_TOKEN)
-    sql, args = f"q.id {'>' if id_ascending else '<'} %s", [position.resource_id]
+    id_op = ">" if id_ascending else "<"
+    if all(sort.code in _NEVER_MISSING and sort.descending == sorts[-1].descending for sort in sorts):
+        # One row comparison: an index on (type, last_updated, id) can seek to it.
+        columns = ", ".join([*(f"q.k{index}" for index in range(len(sorts))), "q.id"])
+        return f"({columns}) {id_op} ({', '.join(['%s'] * (len(sorts) + 1))})", [*position.keys, position.resource_id]
+    sql, args = f"q.id {id_op} %s", [position.resource_id]
     for index in reversed(range(len(sorts))):
         column, key = f"q.k{index}", position.keys[index]
         op = ">" if (not sorts[index].descending) == forward else "<"
@@ -427,7 +461,8 @@ def _keyset(sorts: list[Sort], position: page.Position, forward: bool, id_ascend
             if key is None:
                 sql = f"({column} IS NULL AND {sql})"
             else:
-                sql, args = f"({column} IS NULL OR {column} {op} %s OR ({column} = %s AND {sql}))", [key, key, *args]
+                missing = "" if sorts[index].code in _NEVER_MISSING else f"{column} IS NULL OR "
+                sql, args = f"({missing}{column} {op} %s OR ({column} = %s AND {sql}))", [key, key, *args]
         else:  # fetching backwards, nulls come first
             if key is None:
                 sql = f"({column} IS NOT NULL OR {sql})"
