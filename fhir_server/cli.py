@@ -7,8 +7,10 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -119,6 +121,124 @@ def capability_statement_command() -> None:
     from fhir_server.interactions.capabilities import capability_statement
 
     typer.echo(json.dumps(capability_statement(), indent=2))
+
+
+clients = typer.Typer(help="OAuth clients of the SMART authorization server.", no_args_is_help=True)
+users = typer.Typer(help="Users who sign in at the SMART authorization server.", no_args_is_help=True)
+app.add_typer(clients, name="clients")
+app.add_typer(users, name="users")
+
+
+class ClientType(str, Enum):
+    public = "public"
+    confidential_symmetric = "confidential-symmetric"
+    confidential_asymmetric = "confidential-asymmetric"
+
+
+def _on_database(data_dir: Path | None, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run `work(connection)` against the configured (or embedded) database; a ValueError exits with 1."""
+    import psycopg
+
+    async def run(url: str) -> Any:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            return await work(conn)
+
+    with Database(data_dir) as url:
+        try:
+            return asyncio.run(run(url))
+        except ValueError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+
+
+@clients.command("add")
+def clients_add(
+    name: Annotated[str, typer.Argument(help="A name for people (shown on the consent page).")],
+    client_type: Annotated[ClientType, typer.Option("--type", help="How the client authenticates.")],
+    redirect_uri: Annotated[Optional[list[str]], typer.Option(help="A registered redirect URI (repeatable).")] = None,
+    scope: Annotated[str, typer.Option(help='Scopes the client may be granted, e.g. "launch/patient openid '
+                                            'fhirUser offline_access patient/*.rs".')] = "",
+    jwks_file: Annotated[Optional[Path], typer.Option(help="The client's public JWKS (asymmetric clients).")] = None,
+    jwks_uri: Annotated[Optional[str], typer.Option(help="URL of the client's public JWKS (asymmetric).")] = None,
+    pre_approved_user: Annotated[Optional[str], typer.Option(
+        help="Skip login and consent: every authorization is granted as this user (for automated tests).")] = None,
+    client_id: Annotated[Optional[str], typer.Option(help="Use this client_id instead of a random one.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Register a client; prints its client_id (and, for confidential-symmetric clients, its secret, once)."""
+    from fhir_server.auth.registry import add_client
+
+    jwks = json.loads(jwks_file.read_text()) if jwks_file else None
+    client, secret = _on_database(data_dir, lambda conn: add_client(
+        conn, name, client_type.value, redirect_uri or [], scope.split(), jwks, jwks_uri, pre_approved_user,
+        client_id))
+    typer.echo(f"client_id: {client.client_id}")
+    if secret is not None:
+        typer.echo(f"client_secret: {secret}")
+        typer.echo("The secret is stored hashed and cannot be shown again.", err=True)
+
+
+@clients.command("list")
+def clients_list(data_dir: DataDir = None) -> None:
+    """List the registered clients (secrets are never shown)."""
+    from fhir_server.auth.registry import list_clients
+
+    for client in _on_database(data_dir, list_clients):
+        extra = f"  pre-approved-user={client.pre_approved_user}" if client.pre_approved_user else ""
+        typer.echo(f"{client.client_id}  {client.client_type}  {client.name!r}  scope={' '.join(client.scopes)!r}"
+                   f"  redirect-uris={','.join(client.redirect_uris) or '-'}{extra}")
+
+
+@clients.command("remove")
+def clients_remove(client_id: Annotated[str, typer.Argument()], data_dir: DataDir = None) -> None:
+    """Remove a client with its codes and refresh tokens (its access tokens expire on their own)."""
+    from fhir_server.auth.registry import remove_client
+
+    if not _on_database(data_dir, lambda conn: remove_client(conn, client_id)):
+        typer.echo(f"error: no client {client_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"removed client {client_id}")
+
+
+@users.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="The user name to sign in with.")],
+    password_stdin: Annotated[bool, typer.Option(help="Read the password from standard input (one line) "
+                                                      "instead of prompting.")] = False,
+    fhir_user: Annotated[Optional[str], typer.Option(help="The user's FHIR resource, e.g. Practitioner/123.")] = None,
+    patient: Annotated[Optional[str], typer.Option(help="Bind the user to this Patient id: every launch gets "
+                                                        "this patient, without a picker.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Add a user (the password is stored as an argon2 hash)."""
+    from fhir_server.auth.registry import add_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    user = _on_database(data_dir, lambda conn: add_user(conn, name, password, fhir_user, patient))
+    typer.echo(f"added user {user.username}")
+
+
+@users.command("list")
+def users_list(data_dir: DataDir = None) -> None:
+    """List the users (passwords are never shown)."""
+    from fhir_server.auth.registry import list_users
+
+    for user in _on_database(data_dir, list_users):
+        typer.echo(f"{user.username}  fhir-user={user.fhir_user or '-'}  patient={user.patient or '-'}")
+
+
+@users.command("remove")
+def users_remove(name: Annotated[str, typer.Argument()], data_dir: DataDir = None) -> None:
+    """Remove a user with their refresh tokens."""
+    from fhir_server.auth.registry import remove_user
+
+    if not _on_database(data_dir, lambda conn: remove_user(conn, name)):
+        typer.echo(f"error: no user {name!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"removed user {name}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,14 @@ class Settings(BaseSettings):
     enforce_referential_integrity_on_delete: bool = True
     allow_multiple_delete: bool = False
     db_pool_size: int = 10
+    auth_token_lifetime: int = 300
+    """Seconds an access token (and an id token) stays valid."""
+    auth_key_rotation_days: float = 30
+    """A new signing key is made when the newest is this old; the old one stays in the JWKS until its tokens expire."""
+    auth_online_refresh_lifetime: int = 3600
+    """Seconds an `online_access` refresh token chain lasts from the login (rotation does not extend it)."""
+    auth_offline_refresh_lifetime: int = 90 * 24 * 3600
+    """Seconds an `offline_access` refresh token lasts; each rotation starts a new period."""
     mrn_system: str = "urn:fhir-server:mrn"
     """Identifier.system of the medical record numbers the server assigns to Patients created without one."""
     mrn_format: str = "MRN-{year}{number:06d}"

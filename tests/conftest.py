@@ -16,7 +16,9 @@ from fhir_server.storage.database import migrate
 from fhir_server.storage.embedded import EmbeddedPostgres
 
 TABLES = ("resource_version", "resource", "search_string", "search_token", "search_date", "search_number",
-          "search_quantity", "search_uri", "search_reference", "search_text", "search_concept")
+          "search_quantity", "search_uri", "search_reference", "search_text", "search_concept",
+          "auth_assertion_jti", "auth_revoked_token", "auth_refresh_token", "auth_code", "auth_launch", "auth_client",
+          "auth_user", "auth_signing_key")
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhir_server.auth.enforce import Principal
+from fhir_server.auth.server import auth_router
 from fhir_server.dispatch import dispatch
 from fhir_server.errors import FHIRError, Issue, operation_outcome
 from fhir_server.interactions import create, patch, transaction, update
@@ -135,6 +136,7 @@ class FHIRApplication:
         self.fastapi = FastAPI(title="fhir-server", lifespan=self.lifespan, docs_url=None, redoc_url=None,
                                openapi_url=None)
         self.fastapi.add_exception_handler(StarletteHTTPException, _http_error)
+        self.fastapi.include_router(auth_router(self))
         self.pool = None
 
     @asynccontextmanager
@@ -154,7 +156,8 @@ class FHIRApplication:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            if path == self.base_path or path.startswith(self.base_path + "/"):
+            if (path == self.base_path or path.startswith(self.base_path + "/")) \
+                    and not path.startswith(self.base_path + "/.well-known/"):
                 request = Request(scope, receive)
                 response = await self.handle(request, path[len(self.base_path):])
                 await response(scope, receive, send)
