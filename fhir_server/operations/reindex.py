@@ -20,7 +20,10 @@ async def reindex(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
         raise FHIRError.of(405, "not-supported", "$reindex changes the index: use POST")
     if req.id is not None:
         raise FHIRError.of(400, "not-supported", "$reindex runs on the system or on a resource type")
+    from fhir_server.interactions.capabilities import capability_statement_bytes  # it imports this module
+
     custom = await load_stored_search_parameters(conn)
+    capability_statement_bytes.cache_clear()  # the searchable parameters may have changed
     count = await reindex_resources(conn, req.resource_type, req.base_url)
     scope = f"{req.resource_type} resources" if req.resource_type else "resources"
     message = f"Reindexed {count} {scope}; {custom} stored SearchParameter(s) active"

@@ -232,18 +232,26 @@ class _Builder:
             raise invalid(name, f"'{referrer_type}.{reference_code}' never points to {resource_type}")
         h, x = self.alias("h"), self.alias("x")
         inner = self.clause(referrer_type, h, inner_name, value)
+        id_in = f"{h}.id IN ("
+        if all(sql.startswith(id_in) for sql in inner.sql):
+            # Index rows only exist for current resources of their type: no need to visit `resource`.
+            referrer_ids = " AND ".join(f"{x}.resource_id IN (" + sql[len(id_in):] for sql in inner.sql)
+            referrer_args = inner.args
+        else:
+            referrer_ids = (f"{x}.resource_id IN (SELECT {h}.id FROM resource {h} WHERE {h}.resource_type = %s "
+                            f"AND NOT {h}.deleted AND {inner.where()})")
+            referrer_args = [referrer_type, *inner.args]
         referrers = (f"FROM search_reference {x} WHERE {x}.resource_type = %s AND {x}.param = %s "
-                     f"AND {x}.target_url IS NULL AND {{type_filter}}{x}.resource_id IN (SELECT {h}.id "
-                     f"FROM resource {h} WHERE {h}.resource_type = %s AND NOT {h}.deleted AND {inner.where()})")
+                     f"AND {x}.target_url IS NULL AND {{type_filter}}{referrer_ids}")
         result = Condition()
         if resource_type:
             result.add(f"{r}.fhir_id IN (SELECT {x}.target_id "
                        + referrers.format(type_filter=f"{x}.target_type = %s AND ") + ")",
-                       referrer_type, reference_code, resource_type, referrer_type, *inner.args)
+                       referrer_type, reference_code, resource_type, *referrer_args)
         else:
             result.add(f"({r}.resource_type, {r}.fhir_id) IN (SELECT {x}.target_type, {x}.target_id "
                        + referrers.format(type_filter="") + ")",
-                       referrer_type, reference_code, referrer_type, *inner.args)
+                       referrer_type, reference_code, *referrer_args)
         return result
 
     def special(self, resource_type: str | None, r: str, code: str, name: str, value: str) -> Condition:
@@ -548,8 +556,8 @@ def _number_condition(out: Condition, name: str, text_value: str, columns: tuple
     number, search_low, search_high = number * factor, search_low * factor, search_high * factor
     low, high = columns
     within = f"({low} >= %s AND {high} <= %s)"
-    if prefix == "eq":
-        out.add(within, search_low, search_high)
+    if prefix == "eq":  # `low < search_high` follows; it lets an index on low bound the scan
+        out.add(f"({low} >= %s AND {low} < %s AND {high} <= %s)", search_low, search_high, search_high)
     elif prefix == "ne":
         out.add(f"NOT {within}", search_low, search_high)
     elif prefix == "gt":

@@ -34,7 +34,23 @@ ALTER TABLE search_uri ADD COLUMN element integer;
 ALTER TABLE search_reference ADD COLUMN element integer;
 ALTER TABLE search_quantity ADD COLUMN canonical_code text, ADD COLUMN canonical_value numeric,
     ADD COLUMN canonical_low numeric, ADD COLUMN canonical_high numeric, ADD COLUMN element integer;
-CREATE INDEX search_quantity_canonical ON search_quantity (resource_type, param, canonical_code, canonical_value)
+-- The lookups searches make (value → resource ids, target → referrers, referrer → targets) carry what
+-- they return, so chains, _has and plain filters can be answered from the index alone.
+DROP INDEX search_token_code, search_string_value, search_reference_param, search_reference_resource;
+CREATE INDEX search_token_code ON search_token (resource_type, param, code, system) INCLUDE (resource_id);
+CREATE INDEX search_string_value ON search_string (resource_type, param, value text_pattern_ops) INCLUDE (resource_id);
+CREATE INDEX search_reference_param ON search_reference (resource_type, param, target_id, target_type)
+    INCLUDE (resource_id);
+CREATE INDEX search_reference_resource ON search_reference (resource_id) INCLUDE (param, target_type, target_id);
+
+-- Prefixes compare the stored range: eq/lt/le/sa read `low`, gt/ge/eb read `high`.
+CREATE INDEX search_number_low ON search_number (resource_type, param, low);
+CREATE INDEX search_number_high ON search_number (resource_type, param, high);
+CREATE INDEX search_quantity_low ON search_quantity (resource_type, param, low);
+CREATE INDEX search_quantity_high ON search_quantity (resource_type, param, high);
+CREATE INDEX search_quantity_canonical_low ON search_quantity (resource_type, param, canonical_code, canonical_low)
+    WHERE canonical_code IS NOT NULL;
+CREATE INDEX search_quantity_canonical_high ON search_quantity (resource_type, param, canonical_code, canonical_high)
     WHERE canonical_code IS NOT NULL;
 
 CREATE TABLE search_text (
@@ -62,8 +78,14 @@ CREATE INDEX search_concept_resource ON search_concept (resource_id);
 """
 
 DOWNGRADE = """
+DROP INDEX search_token_code, search_string_value, search_reference_param, search_reference_resource;
+CREATE INDEX search_token_code ON search_token (resource_type, param, code, system);
+CREATE INDEX search_string_value ON search_string (resource_type, param, value text_pattern_ops);
+CREATE INDEX search_reference_param ON search_reference (resource_type, param, target_id, target_type);
+CREATE INDEX search_reference_resource ON search_reference (resource_id);
 DROP TABLE search_concept, search_text;
-DROP INDEX search_quantity_canonical;
+DROP INDEX search_number_low, search_number_high, search_quantity_low, search_quantity_high,
+    search_quantity_canonical_low, search_quantity_canonical_high;
 ALTER TABLE search_quantity DROP COLUMN canonical_code, DROP COLUMN canonical_value, DROP COLUMN canonical_low,
     DROP COLUMN canonical_high, DROP COLUMN element;
 ALTER TABLE search_reference DROP COLUMN element;
