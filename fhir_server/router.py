@@ -7,13 +7,21 @@ from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError
 from fhir_server.interactions import (capabilities, create, delete, history, patch, read, search, update)
-from fhir_server.operations import reindex, validate
+from fhir_server.operations import (patient_everything, patient_match, patient_merge, patient_unmerge, reindex,
+                                    validate)
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.resource_types import require_known_type, require_valid_id
 
 Handler = Callable[[AsyncConnection, FHIRRequest], Awaitable[Outcome]]
 
-OPERATIONS: dict[str, Handler] = {validate.NAME: validate.validate, reindex.NAME: reindex.reindex}
+OPERATIONS: dict[str, Handler] = {
+    validate.NAME: validate.validate,
+    reindex.NAME: reindex.reindex,
+    patient_match.NAME: patient_match.match,
+    patient_merge.NAME: patient_merge.merge,
+    patient_unmerge.NAME: patient_unmerge.unmerge,
+    patient_everything.NAME: patient_everything.everything,
+}
 # Operations that may also run on the system level (POST [base]/$name).
 SYSTEM_OPERATIONS = frozenset({reindex.NAME})
 

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     """str.format template of an assigned MRN: `year` (of assignment) and `number` (from a sequence)."""
     match_max_candidates: int = 200
     """Patient/$match scores at most this many blocked candidates per request."""
+    default_phone_region: str = "US"
+    """Region for telecom phone numbers written without an international prefix."""
 
 
 @lru_cache(maxsize=1)

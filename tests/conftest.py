@@ -5,13 +5,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
+from fhir_server.api.app import FHIRApplication
+from fhir_server.settings import get_settings
 from fhir_server.storage.database import migrate
 from fhir_server.storage.embedded import EmbeddedPostgres
 
@@ -104,3 +107,26 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
     """A direct connection for asserting database state."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def configured_client(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Callable:
+    """`async with configured_client(FHIR_X="1") as client:` talks to an app built with those settings."""
+
+    @asynccontextmanager
+    async def make(**env: str) -> AsyncIterator[httpx.AsyncClient]:
+        monkeypatch.setenv("FHIR_DATABASE_URL", database_url)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        app = FHIRApplication(get_settings())
+        try:
+            async with app.lifespan(app.fastapi):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://test/fhir") as client:
+                    yield client
+        finally:
+            monkeypatch.undo()
+            get_settings.cache_clear()
+
+    return make

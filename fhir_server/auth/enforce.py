@@ -12,6 +12,7 @@ from psycopg import AsyncConnection
 
 from fhir_server.auth.scopes import Grant, matching_grants, parse_scopes
 from fhir_server.errors import FHIRError
+from fhir_server.search.compartment import compartment_condition
 
 if TYPE_CHECKING:
     from fhir_server.auth.tokens import AccessToken
@@ -77,13 +78,15 @@ def permission_for(method: str, kind: str, operation: str | None) -> str:
 
 
 async def in_patient_compartment(conn: AsyncConnection, resource_type: str, fhir_id: str, patient: str) -> bool:
-    """Whether the current version of the resource is the patient or references the patient."""
-    if resource_type == "Patient":
-        return fhir_id == patient
+    """Whether the current version of the resource is in the patient's compartment (R4 definition), or is
+    the patient."""
+    try:
+        sql, args = compartment_condition("Patient", patient, resource_type, with_itself=True)
+    except FHIRError:
+        return False  # a type that is never in the Patient compartment
     row = await (await conn.execute(
-        "SELECT 1 FROM resource r JOIN search_reference sr ON sr.resource_id = r.id "
-        "WHERE r.resource_type = %s AND r.fhir_id = %s AND sr.target_type = 'Patient' AND sr.target_id = %s "
-        "LIMIT 1", (resource_type, fhir_id, patient),
+        f"SELECT 1 FROM resource r WHERE r.resource_type = %s AND r.fhir_id = %s AND NOT r.deleted AND {sql}",
+        [resource_type, fhir_id, *args],
     )).fetchone()
     return row is not None
 

@@ -6,14 +6,16 @@ from typing import Any
 import orjson
 
 from fhir_server import FHIR_VERSION, __version__
-from fhir_server.operations import reindex, validate
+from fhir_server.operations import (patient_everything, patient_match, patient_merge, patient_unmerge, reindex,
+                                    validate)
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.resource_types import resource_types
 from fhir_server.search.parameters import parameters_for
 from fhir_server.settings import get_settings
 
 RELEASE_DATE = "2026-11-23"
-OPERATIONS = (validate, reindex)
+# An operation module with RESOURCE_TYPES is offered on those types only.
+OPERATIONS = (validate, reindex, patient_match, patient_merge, patient_unmerge, patient_everything)
 TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type")
 # Served from the resource table itself rather than from the parameter data.
@@ -43,7 +45,8 @@ def _resource(resource_type: str) -> dict[str, Any]:
             {"name": parameter.code, "definition": parameter.url, "type": parameter.type}
             for parameter in searchable if parameter.code not in ("_id", "_lastUpdated")
         )],
-        "operation": [{"name": operation.NAME, "definition": operation.DEFINITION} for operation in OPERATIONS],
+        "operation": [{"name": operation.NAME, "definition": operation.DEFINITION} for operation in OPERATIONS
+                      if resource_type in getattr(operation, "RESOURCE_TYPES", (resource_type,))],
     }
 
 

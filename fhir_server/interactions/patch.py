@@ -5,6 +5,7 @@ from typing import Any
 import jsonpatch
 from psycopg import AsyncConnection
 
+from fhir_server import identity
 from fhir_server.errors import FHIRError
 from fhir_server.interactions.common import matches_locked, require_resource
 from fhir_server.request import FHIRRequest, Outcome, parse_version_tag, resource_outcome
@@ -43,5 +44,6 @@ async def patch(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     if patched.get("resourceType") != req.resource_type or patched.get("id") != fhir_id:
         raise FHIRError.of(422, "processing", "A patch may not change the resourceType or id")
     resource = require_resource(patched, req.resource_type)
+    await identity.before_write(conn, resource, fhir_id, req.base_url)
     stored, _ = await repository.update(conn, resource, fhir_id, method="PATCH", base_url=req.base_url)
     return resource_outcome(200, stored, req.base_url)

@@ -35,9 +35,12 @@ def member_parameters(compartment_type: str, resource_type: str | None) -> dict[
     return {resource_type: members[resource_type]}
 
 
-def compartment_condition(compartment_type: str, compartment_id: str, resource_type: str | None
-                          ) -> tuple[str, list[Any]]:
+def compartment_condition(compartment_type: str, compartment_id: str, resource_type: str | None,
+                          with_itself: bool = False) -> tuple[str, list[Any]]:
     """SQL over `r` for "r is in the compartment `compartment_type/compartment_id`", and its arguments.
+
+    `with_itself` counts the compartment's own resource in (authorization: a patient/ token reads its
+    Patient, which R4 lists in the Patient compartment only by `link`).
 
     One probe of the reference table's (target_type, target_id) index, filtered to the
     (resource type, parameter) pairs the definition lists.
@@ -46,6 +49,7 @@ def compartment_condition(compartment_type: str, compartment_id: str, resource_t
     types, params = [], []
     itself = False
     for member, member_params in members.items():
+        itself = itself or (with_itself and member == compartment_type)
         for param in member_params:
             if param == ITSELF:
                 itself = itself or member == compartment_type

@@ -100,7 +100,8 @@ async def search(conn: psycopg.AsyncConnection, *, base_url: str, resource_type:
         condition.add(sql, *args)
     if restriction is not None and restriction.compartment is not None:
         # Restricted in SQL, so paging and totals count only what the caller may see.
-        sql, args = compartment_condition(restriction.compartment.type, restriction.compartment.id, resource_type)
+        sql, args = compartment_condition(restriction.compartment.type, restriction.compartment.id, resource_type,
+                                          with_itself=True)
         condition.add(sql, *args)
     ignored = parsed.unknown + options.ignored
     if compartment is not None:
@@ -179,7 +180,8 @@ async def _visible(conn: psycopg.AsyncConnection, rows: list[tuple[int, str, str
         rows = [row for row in rows if row[1] in restriction.readable_types]
     if restriction.compartment is None or not rows:
         return rows
-    sql, args = compartment_condition(restriction.compartment.type, restriction.compartment.id, None)
+    sql, args = compartment_condition(restriction.compartment.type, restriction.compartment.id, None,
+                                      with_itself=True)
     found = await conn.execute(f"SELECT r.id FROM resource r WHERE r.id = ANY(%s) AND {sql}",
                                [[row[0] for row in rows], *args])
     visible = {row[0] for row in await found.fetchall()}

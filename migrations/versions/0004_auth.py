@@ -1,13 +1,13 @@
 """Authorization server: clients, users, signing keys, codes, refresh tokens, launch contexts, revocations.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 """
 
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

@@ -27,7 +27,8 @@ def test_create_assigns_id_and_sets_headers(client: httpx.Client, db) -> None:
 
 
 def test_read_returns_resource_as_sent_plus_meta(client: httpx.Client) -> None:
-    sent = patient(telecom=[{"system": "phone", "value": "+1 555 0100"}])
+    sent = patient(telecom=[{"system": "phone", "value": "+1 555 0100"}],
+                   identifier=[{"system": "urn:fhir-server:mrn", "value": "MRN-2026000001"}])  # so none is added
     created = client.post("/Patient", json=sent).json()
     response = client.get(f"/Patient/{created['id']}")
     assert response.status_code == 200

@@ -1,0 +1,21 @@
+"""Patient identity: server-assigned MRNs, duplicate matching, and the rules that follow a merge.
+
+`before_write` is the one hook the write interactions call (create, update, conditional update, patch).
+"""
+
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from fhir_server.identity import mrn, replaced
+
+
+async def before_write(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str | None,
+                       base_url: str | None) -> None:
+    """Refuse references to merged-away Patients; give a Patient that lacks one its MRN.
+
+    `fhir_id` is None for a create; for an update it is the id being written (which may not exist yet).
+    """
+    await replaced.refuse_replaced_references(conn, resource, base_url)
+    if resource.get("resourceType") == "Patient":
+        await mrn.ensure_mrn(conn, resource, fhir_id)

@@ -1,0 +1,197 @@
+"""Patient/$merge and $unmerge: references moved everywhere, preview, undo, and the 422 paths."""
+
+import json
+
+import httpx
+import pytest
+
+from fhir_server.validation import validate_resource
+
+MRN_SYSTEM = "urn:fhir-server:mrn"
+
+
+def create(client: httpx.Client, body: dict) -> dict:
+    response = client.post(f"/{body['resourceType']}", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def ref(patient_id: str) -> dict:
+    return {"reference": f"Patient/{patient_id}"}
+
+
+def domain_resources(source: str, practitioner: str) -> list[dict]:
+    """One resource of each domain type, referencing the source in plain and nested places."""
+    extension = {"url": "http://example.org/fhir/StructureDefinition/about", "valueReference": ref(source)}
+    return [
+        {"resourceType": "Communication", "status": "completed", "subject": ref(source),
+         "recipient": [ref(source), {"reference": f"Practitioner/{practitioner}"}], "extension": [extension],
+         "contained": [{"resourceType": "Basic", "id": "note", "code": {"text": "note"}, "subject": ref(source)}]},
+        {"resourceType": "CommunicationRequest", "status": "active", "subject": ref(source),
+         "recipient": [ref(source)], "payload": [{"contentReference": ref(source)}]},
+        {"resourceType": "Task", "status": "requested", "intent": "order", "for": ref(source), "owner": ref(source),
+         "input": [{"type": {"text": "who"}, "valueReference": ref(source)}]},
+        {"resourceType": "DocumentReference", "status": "current", "subject": ref(source),
+         "content": [{"attachment": {"url": "http://example.org/doc"}}], "author": [ref(source)]},
+        {"resourceType": "QuestionnaireResponse", "status": "completed", "subject": ref(source),
+         "item": [{"linkId": "1", "answer": [{"valueReference": ref(source)}]}]},
+        {"resourceType": "MeasureReport", "status": "complete", "type": "individual",
+         "measure": "http://example.org/Measure/1", "subject": ref(source),
+         "period": {"start": "2026-01-01", "end": "2026-12-31"}},
+        {"resourceType": "Task", "status": "requested", "intent": "order",
+         "contained": [{"resourceType": "Patient", "id": "p", "link": [{"other": ref(source), "type": "seealso"}]}],
+         "for": {"reference": "#p"}},
+    ]
+
+
+@pytest.fixture
+def setup(client: httpx.Client) -> dict:
+    practitioner = create(client, {"resourceType": "Practitioner", "name": [{"family": "Who"}]})["id"]
+    source = create(client, {"resourceType": "Patient", "name": [{"family": "Doe", "given": ["Jon"]}],
+                             "identifier": [{"system": "urn:ssn", "value": "1"}]})
+    target = create(client, {"resourceType": "Patient", "active": True, "name": [{"family": "Doe", "given": ["John"]}]})
+    referrers = [create(client, body) for body in domain_resources(source["id"], practitioner)]
+    bystander = create(client, {"resourceType": "Task", "status": "draft", "intent": "order", "for": ref(target["id"])})
+    return {"source": source, "target": target, "referrers": referrers, "bystander": bystander}
+
+
+def merge(client: httpx.Client, source: str, target: str, **extra) -> httpx.Response:
+    parameters = [{"name": "source-patient", "valueReference": ref(source)},
+                  {"name": "target-patient", "valueReference": ref(target)}]
+    for name, value in extra.items():
+        key = "valueBoolean" if isinstance(value, bool) else "resource"
+        parameters.append({"name": name.replace("_", "-"), key: value})
+    return client.post("/Patient/$merge", json={"resourceType": "Parameters", "parameter": parameters})
+
+
+def output(response: httpx.Response, name: str) -> dict:
+    return next(part["resource"] for part in response.json()["parameter"] if part["name"] == name)
+
+
+def read(client: httpx.Client, resource: dict) -> dict:
+    return client.get(f"/{resource['resourceType']}/{resource['id']}").json()
+
+
+def test_merge_moves_every_reference_and_records_provenance(client: httpx.Client, setup: dict, db) -> None:
+    source, target = setup["source"]["id"], setup["target"]["id"]
+    response = merge(client, source, target)
+    assert response.status_code == 200, response.text
+    for referrer in setup["referrers"]:
+        now = read(client, referrer)
+        assert now["meta"]["versionId"] == "2", referrer["resourceType"]
+        assert f"Patient/{source}" not in json.dumps(now) and f"Patient/{target}" in json.dumps(now)
+    assert read(client, setup["bystander"])["meta"]["versionId"] == "1"
+    tasks = client.get("/Task", params={"owner": f"Patient/{target}"}).json()
+    assert len(tasks["entry"]) == 1
+
+    merged_source = read(client, setup["source"])
+    assert merged_source["active"] is False
+    assert merged_source["link"] == [{"other": ref(target), "type": "replaced-by"}]
+    result = output(response, "result")
+    assert result == read(client, setup["target"])
+    assert {"other": ref(source), "type": "replaces"} in result["link"]
+    copied = [identifier for identifier in result["identifier"] if identifier.get("use") == "old"]
+    assert {(identifier["system"], identifier["value"]) for identifier in copied} == {
+        (identifier["system"], identifier["value"]) for identifier in setup["source"]["identifier"]}
+
+    issues = " ".join(issue["diagnostics"] for issue in output(response, "outcome")["issue"])
+    assert "Task: 2 resource(s)" in issues and "7 resource(s)" in issues
+    provenance = client.get("/Provenance").json()["entry"][0]["resource"]
+    assert validate_resource(provenance, "Provenance") == []
+    assert provenance["activity"]["coding"][0]["code"] == "merge"
+    assert len(provenance["target"]) == 9 and len(provenance["entity"]) == 9
+    assert output(response, "input")["resourceType"] == "Parameters"
+
+
+def test_preview_writes_nothing(client: httpx.Client, setup: dict, db) -> None:
+    versions = db.execute("SELECT count(*) FROM resource_version").fetchone()[0]
+    response = merge(client, setup["source"]["id"], setup["target"]["id"], preview=True)
+    assert response.status_code == 200, response.text
+    assert db.execute("SELECT count(*) FROM resource_version").fetchone()[0] == versions
+    assert "7 resource(s)" in json.dumps(output(response, "outcome"))
+    assert {"other": ref(setup["source"]["id"]), "type": "replaces"} in output(response, "result")["link"]
+
+
+def test_after_a_merge_new_references_to_the_source_are_refused(client: httpx.Client, setup: dict) -> None:
+    source, target = setup["source"]["id"], setup["target"]["id"]
+    assert merge(client, source, target).status_code == 200
+    refused = client.post("/Task", json={"resourceType": "Task", "status": "draft", "intent": "order",
+                                         "for": ref(source)})
+    assert refused.status_code == 422
+    assert f"Patient/{target}" in refused.json()["issue"][0]["diagnostics"]
+    everything = client.get(f"/Patient/{source}/$everything")
+    assert everything.status_code == 400 and f"Patient/{target}" in everything.text
+    assert client.post("/Task", json={"resourceType": "Task", "status": "draft", "intent": "order",
+                                      "for": ref(target)}).status_code == 201
+
+
+def test_unmerge_restores_references_and_both_patients(client: httpx.Client, setup: dict, db) -> None:
+    source, target = setup["source"]["id"], setup["target"]["id"]
+    merged = merge(client, source, target)
+    provenance = merged.json()["parameter"][1]["resource"]["issue"][0]["diagnostics"].split("Provenance/")[1].split()[0]
+    response = client.post("/Patient/$unmerge", json={"resourceType": "Parameters", "parameter": [
+        {"name": "provenance", "valueReference": {"reference": f"Provenance/{provenance}"}}]})
+    assert response.status_code == 200, response.text
+    for before in setup["referrers"]:
+        now = read(client, before)
+        assert now["meta"]["versionId"] == "3"
+        assert {k: v for k, v in now.items() if k != "meta"} == {k: v for k, v in before.items() if k != "meta"}
+    for before in (setup["source"], setup["target"]):
+        now = read(client, before)
+        assert {k: v for k, v in now.items() if k != "meta"} == {k: v for k, v in before.items() if k != "meta"}
+    assert db.execute("SELECT count(*) FROM patient_replaced").fetchone()[0] == 0
+    assert client.post("/Task", json={"resourceType": "Task", "status": "draft", "intent": "order",
+                                      "for": ref(source)}).status_code == 201
+    again = client.post("/Patient/$unmerge", json={"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient", "valueReference": ref(source)}]})
+    assert again.status_code == 422
+
+
+def test_unmerge_keeps_changes_made_since_the_merge(client: httpx.Client, setup: dict) -> None:
+    source, target = setup["source"]["id"], setup["target"]["id"]
+    assert merge(client, source, target).status_code == 200
+    task = read(client, setup["referrers"][2])
+    task["status"] = "cancelled"
+    assert client.put(f"/Task/{task['id']}", json=task).status_code == 200
+    response = client.post("/Patient/$unmerge", json={"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient", "valueReference": ref(source)}]})
+    assert response.status_code == 200, response.text
+    now = read(client, task)
+    assert now["status"] == "cancelled" and now["for"] == ref(source) and now["owner"] == ref(source)
+
+
+def test_merge_by_identifier_and_result_patient(client: httpx.Client, setup: dict) -> None:
+    source, target = setup["source"], setup["target"]
+    mrn = next(identifier for identifier in target["identifier"] if identifier["system"] == MRN_SYSTEM)
+    result = {"resourceType": "Patient", "id": target["id"], "active": True, "name": [{"family": "Doe-Smith"}],
+              "link": [{"other": ref(source["id"]), "type": "replaces"}]}
+    response = client.post("/Patient/$merge", json={"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient-identifier", "valueIdentifier": {"system": "urn:ssn", "value": "1"}},
+        {"name": "target-patient-identifier", "valueIdentifier": mrn},
+        {"name": "result-patient", "resource": result}]})
+    assert response.status_code == 200, response.text
+    written = read(client, target)
+    assert written["name"] == [{"family": "Doe-Smith"}]
+    assert mrn in written["identifier"]  # a result-patient without the MRN keeps the target's
+
+
+def test_merge_refusals(client: httpx.Client, setup: dict) -> None:
+    source, target = setup["source"]["id"], setup["target"]["id"]
+    assert merge(client, source, source).status_code == 422
+    wrong_id = {"resourceType": "Patient", "id": "elsewhere", "link": [{"other": ref(source), "type": "replaces"}]}
+    assert merge(client, source, target, result_patient=wrong_id).status_code == 422
+    no_link = {"resourceType": "Patient", "id": target}
+    assert merge(client, source, target, result_patient=no_link).status_code == 422
+    twins = [create(client, {"resourceType": "Patient", "identifier": [{"system": "urn:dup", "value": "x"}]})
+             for _ in range(2)]
+    ambiguous = client.post("/Patient/$merge", json={"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient-identifier", "valueIdentifier": {"system": "urn:dup", "value": "x"}},
+        {"name": "target-patient", "valueReference": ref(target)}]})
+    assert ambiguous.status_code == 422
+    inactive = create(client, {"resourceType": "Patient", "active": False})
+    assert merge(client, twins[0]["id"], inactive["id"]).status_code == 422
+    assert merge(client, source, target).status_code == 200
+    assert merge(client, source, twins[0]["id"]).status_code == 422  # already replaced
+    assert merge(client, twins[1]["id"], source).status_code == 422  # target replaced
+    assert merge(client, "no-such-patient", target).status_code == 422
+    assert client.get("/Patient/$merge").status_code == 405
