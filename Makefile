@@ -20,7 +20,9 @@ install: $(INSTALLED)
 run: install
 	$(BIN)/fhir-server serve
 
+# The tests start their own redis-server (tests/conftest.py); install it where it is missing (CI runs as root).
 test: install
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 	$(BIN)/python -m pytest -q
 
 bench: install

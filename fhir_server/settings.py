@@ -37,8 +37,50 @@ class Settings(BaseSettings):
     """str.format template of an assigned MRN: `year` (of assignment) and `number` (from a sequence)."""
     match_max_candidates: int = 200
     """Patient/$match scores at most this many blocked candidates per request."""
+
+    # Background work (outbox relay, Dramatiq workers) and notifications.
+    redis_url: str | None = None
+    """Dramatiq broker for `fhir-server worker`; unset means the workers run inside `fhir-server serve`."""
+    background: Literal["auto", "in-process", "off"] = "auto"
+    """Where `serve` runs the relay and workers: `auto` = in-process when `redis_url` is unset."""
+    worker_threads: int = 4
+    outbox_poll_seconds: float = 1.0
+    """The relay looks for due work at least this often (and at once when new work is committed)."""
+    outbox_redeliver_seconds: float = 300
+    """Work handed to the broker but not started within this time is handed out again."""
+    send_lease_seconds: float = 120
+    """An attempt still unfinished after this long is taken as a crashed worker: outcome unknown, not resent."""
+    retry_max_attempts: dict[str, int] = {"sms": 5, "whatsapp": 5, "email": 5}
+    """Attempts per channel before a notification is dead-lettered (JSON object)."""
+    retry_base_seconds: float = 30
+    """Delay before the first retry; each further retry doubles it (with up to 10% jitter)."""
+    retry_max_seconds: float = 3600
     default_phone_region: str = "US"
     """Region for telecom phone numbers written without an international prefix."""
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_from_number: str | None = None
+    """Sender of SMS, E.164."""
+    twilio_whatsapp_from: str | None = None
+    """Sender of WhatsApp messages, E.164 (without the `whatsapp:` prefix)."""
+    twilio_api_base: str | None = None
+    """Replaces https://api.twilio.com (tests, proxies)."""
+    twilio_status_callback_url: str | None = None
+    """Public URL of POST /twilio/status, passed to Twilio with every message; unset = no callbacks."""
+    twilio_webhook_base_url: str | None = None
+    """Public scheme://host[:port] Twilio calls, for signature checks behind a proxy; unset = the request's own."""
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_starttls: bool = True
+    smtp_ca_file: str | None = None
+    """CA bundle to verify the SMTP server's certificate with (default: the system's)."""
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str | None = None
+    smtp_timeout: float = 10
+    email_subject: str = "New message"
+    email_include_content: bool = False
+    """Put the CommunicationRequest's text in e-mails; off, an e-mail says only "You have a new message"."""
 
 
 @lru_cache(maxsize=1)

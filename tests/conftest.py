@@ -21,7 +21,10 @@ from fhir_server.storage.embedded import EmbeddedPostgres
 TABLES = ("resource_version", "resource", "search_string", "search_token", "search_date", "search_number",
           "search_quantity", "search_uri", "search_reference", "search_text", "search_concept",
           "auth_assertion_jti", "auth_revoked_token", "auth_refresh_token", "auth_code", "auth_launch", "auth_client",
-          "auth_user", "auth_signing_key")
+          "auth_user", "auth_signing_key", "outbox")
+# Servers started for other tests leave the outbox alone; tests of background work start their own workers
+# with the settings they need (`background_app`, `worker_process` below).
+os.environ.setdefault("FHIR_BACKGROUND", "off")
 
 
 @pytest.fixture(scope="session")
@@ -102,11 +105,140 @@ def client(server_url: str, database_url: str) -> Iterator[httpx.Client]:
         yield http
 
 
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, without persistence (`make test` installs it)."""
+    import redis
+
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 @pytest.fixture
 def db(database_url: str) -> Iterator[psycopg.Connection]:
     """A direct connection for asserting database state."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture(scope="session")
+def twilio_server() -> Iterator["FakeTwilio"]:
+    from tests.twilio_fake import FakeTwilio
+
+    fake = FakeTwilio().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def twilio(twilio_server: "FakeTwilio") -> Iterator["FakeTwilio"]:
+    """The local Twilio Messages API, emptied for each test."""
+    twilio_server.reset()
+    yield twilio_server
+    twilio_server.release()
+
+
+class SMTPInbox:
+    """What the aiosmtpd server received: (envelope sender, recipients, message) per mail, and who logged in."""
+
+    def __init__(self) -> None:
+        self.mails: list[tuple[str, list[str], bytes]] = []
+        self.logins: list[str] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.mails.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data):
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        if isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (b"mailer", b"secret"):
+            self.logins.append(auth_data.login.decode())
+            return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[tuple[SMTPInbox, int]]:
+    """A real SMTP server (aiosmtpd) on a loopback port that accepts user `mailer`, password `secret`."""
+    from aiosmtpd.controller import Controller
+
+    inbox = SMTPInbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, authenticator=inbox.authenticate,
+                            auth_require_tls=False)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+@pytest.fixture
+def smtp(smtp_server: tuple[SMTPInbox, int]) -> SMTPInbox:
+    inbox, _ = smtp_server
+    inbox.mails.clear()
+    inbox.logins.clear()
+    return inbox
+
+
+@pytest.fixture
+def background_app(database_url: str, twilio: "FakeTwilio", smtp_server: tuple[SMTPInbox, int],
+                   monkeypatch: pytest.MonkeyPatch):
+    """`async with background_app(FHIR_X="1") as (app, client):` an in-process server that also relays and
+    delivers (the embedded default), wired to the local Twilio and SMTP servers; "" unsets a variable."""
+    from contextlib import asynccontextmanager
+
+    from fhir_server.api.app import FHIRApplication
+    from fhir_server.settings import get_settings
+    from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN
+
+    defaults = {
+        "FHIR_DATABASE_URL": database_url, "FHIR_BACKGROUND": "in-process", "FHIR_WORKER_THREADS": "2",
+        "FHIR_TWILIO_ACCOUNT_SID": ACCOUNT_SID, "FHIR_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "FHIR_TWILIO_FROM_NUMBER": "+15005550006", "FHIR_TWILIO_WHATSAPP_FROM": "+14155238886",
+        "FHIR_TWILIO_API_BASE": twilio.url, "FHIR_SMTP_HOST": "127.0.0.1", "FHIR_SMTP_PORT": str(smtp_server[1]),
+        "FHIR_SMTP_STARTTLS": "false", "FHIR_SMTP_USERNAME": "mailer", "FHIR_SMTP_PASSWORD": "secret",
+        "FHIR_SMTP_FROM": "clinic@example.org", "FHIR_RETRY_BASE_SECONDS": "0.2",
+        "FHIR_OUTBOX_POLL_SECONDS": "0.2",
+    }
+
+    @asynccontextmanager
+    async def make(**env: str):
+        for name, value in {**defaults, **env}.items():
+            if value == "":
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        app = FHIRApplication(get_settings())
+        try:
+            async with app.lifespan(app.fastapi):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                    yield app, client
+        finally:
+            monkeypatch.undo()
+            get_settings.cache_clear()
+
+    return make
 
 
 @pytest.fixture
@@ -130,3 +262,33 @@ def configured_client(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Cal
             get_settings.cache_clear()
 
     return make
+
+
+@pytest.fixture
+def worker_process(database_url: str, redis_url: str, twilio: "FakeTwilio", tmp_path: Path):
+    """`start(**env)` runs a real `fhir-server worker` against the test database and Redis (flushed first),
+    wired to the local Twilio; every process started is killed at the end of the test."""
+    import redis
+
+    from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN
+
+    redis.Redis.from_url(redis_url).flushall()
+    processes: list[subprocess.Popen] = []
+
+    def start(**env: str) -> subprocess.Popen:
+        environment = {**os.environ, "FHIR_DATABASE_URL": database_url, "FHIR_REDIS_URL": redis_url,
+                       "FHIR_TWILIO_ACCOUNT_SID": ACCOUNT_SID, "FHIR_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+                       "FHIR_TWILIO_FROM_NUMBER": "+15005550006", "FHIR_TWILIO_API_BASE": twilio.url,
+                       "FHIR_OUTBOX_POLL_SECONDS": "0.2", "FHIR_WORKER_THREADS": "2", **env}
+        log = open(tmp_path / f"worker-{len(processes)}.log", "wb")
+        process = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "worker"], env=environment,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

@@ -17,6 +17,7 @@ from fhir_server.dispatch import dispatch
 from fhir_server.errors import FHIRError, Issue, operation_outcome
 from fhir_server.interactions import create, patch, transaction, update
 from fhir_server.interactions.capabilities import capability_statement_bytes
+from fhir_server.messaging.webhooks import twilio_routes
 from fhir_server.request import JSON_CONTENT_TYPE, FHIRRequest, Outcome, error_outcome, informational
 from fhir_server.resource_types import resource_types
 from fhir_server.router import parse_target, route
@@ -25,6 +26,7 @@ from fhir_server.search.reindex import load_stored_search_parameters
 from fhir_server.settings import Settings, get_settings
 from fhir_server.storage.database import create_pool
 from fhir_server.validation import validate_resource
+from fhir_server.worker.runtime import BackgroundWork, in_process
 
 log = logging.getLogger("fhir_server")
 
@@ -137,7 +139,9 @@ class FHIRApplication:
                                openapi_url=None)
         self.fastapi.add_exception_handler(StarletteHTTPException, _http_error)
         self.fastapi.include_router(auth_router(self))
+        self.fastapi.include_router(twilio_routes(self))  # Twilio webhooks, outside the FHIR base
         self.pool = None
+        self.background: BackgroundWork | None = None
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI):
@@ -150,7 +154,12 @@ class FHIRApplication:
         await self.pool.open(wait=True)
         async with self.pool.connection() as conn:  # custom SearchParameters stored on this server
             await load_stored_search_parameters(conn)
+        if in_process(self.settings):  # the embedded default: this process also relays and delivers
+            self.background = BackgroundWork(self.settings, self.pool)
+            await self.background.start()
         yield
+        if self.background is not None:
+            await self.background.stop()
         await self.pool.close()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:

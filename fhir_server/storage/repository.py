@@ -7,9 +7,11 @@ from uuid import uuid4
 
 import orjson
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 
 from fhir_server.errors import FHIRError, Issue
 from fhir_server.search.extract import INDEX_COLUMNS, extract_index
+from fhir_server.worker.side_effects import AFTER_WRITE
 
 # The index tables and their columns belong to the search package, which produces the rows.
 INDEX_TABLES = INDEX_COLUMNS
@@ -149,6 +151,13 @@ async def _write(conn: AsyncConnection, sql: str, stored: StoredResource, method
     return row[0] if row else None
 
 
+async def _after_write(conn: AsyncConnection, resource_type: str, fhir_id: str, resource: dict[str, Any] | None,
+                       previous: StoredResource | None) -> None:
+    """Run the side-effect hooks of `resource_type` (worker/side_effects.py) in the write's transaction."""
+    for hook in AFTER_WRITE.get(resource_type, ()):
+        await hook(conn, fhir_id, resource, previous.json() if previous is not None and not previous.deleted else None)
+
+
 async def _insert(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str, method: str,
                   base_url: str | None) -> StoredResource | None:
     """Insert version 1 under `fhir_id`; None if a resource with that id exists already."""
@@ -168,10 +177,18 @@ async def create(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str |
 
     `base_url` is this server's base: references below it are indexed as the `Type/id` they stand for.
     """
+    hooks = AFTER_WRITE.get(resource["resourceType"])
+    if hooks and conn.info.transaction_status == TransactionStatus.IDLE:
+        # A plain create runs in autocommit; its side effects must commit with it (types without hooks
+        # keep their single round trip).
+        async with conn.transaction():
+            return await create(conn, resource, fhir_id, base_url=base_url)
     fhir_id = fhir_id or new_id()
     stored = await _insert(conn, resource, fhir_id, "POST", base_url)
     if stored is None:
         raise FHIRError.of(409, "duplicate", f"{resource['resourceType']}/{fhir_id} already exists")
+    for hook in hooks or ():
+        await hook(conn, fhir_id, resource, None)
     return stored
 
 
@@ -188,6 +205,7 @@ async def update(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str, 
             raise FHIRError.of(412, "conflict", f"{resource_type}/{fhir_id} does not exist, so If-Match cannot match")
         stored = await _insert(conn, resource, fhir_id, method, base_url)
         if stored is not None:
+            await _after_write(conn, resource_type, fhir_id, resource, None)
             return stored, True
         # Another transaction created it meanwhile: this becomes an update of that version.
         current = await read(conn, resource_type, fhir_id, for_update=True)
@@ -203,6 +221,7 @@ async def update(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str, 
     stored = StoredResource(current.pk, resource_type, fhir_id, version_id, moment, False,
                             _stamp(resource, fhir_id, version_id, moment))
     await _write(conn, _UPDATE_SQL, stored, method, resource, base_url)
+    await _after_write(conn, resource_type, fhir_id, resource, current)
     return stored, current.deleted
 
 
@@ -213,6 +232,7 @@ async def delete(conn: AsyncConnection, resource_type: str, fhir_id: str) -> Sto
         return None
     stored = StoredResource(current.pk, resource_type, fhir_id, current.version_id + 1, _now(), True, None)
     await _write(conn, _DELETE_SQL, stored, "DELETE", None)
+    await _after_write(conn, resource_type, fhir_id, None, current)
     return stored
 
 

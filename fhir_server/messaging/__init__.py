@@ -1,0 +1,1 @@
+"""Notifications: CommunicationRequests delivered over SMS, WhatsApp (Twilio) and e-mail (SMTP) as Communications."""

@@ -1,0 +1,1 @@
+"""Background work: the transactional outbox, its relay to Dramatiq, and the workers that run the actors."""
