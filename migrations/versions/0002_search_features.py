@@ -42,6 +42,11 @@ CREATE INDEX search_string_value ON search_string (resource_type, param, value t
 CREATE INDEX search_reference_param ON search_reference (resource_type, param, target_id, target_type)
     INCLUDE (resource_id);
 CREATE INDEX search_reference_resource ON search_reference (resource_id) INCLUDE (param, target_type, target_id);
+-- A composite joins its other components by (resource_id, element): with the values included, that
+-- probe reads the index only.
+DROP INDEX search_quantity_resource;
+CREATE INDEX search_quantity_resource ON search_quantity (resource_id)
+    INCLUDE (param, element, low, high, canonical_code, canonical_low, canonical_high);
 
 -- Prefixes compare the stored range: eq/lt/le/sa read `low`, gt/ge/eb read `high`.
 CREATE INDEX search_number_low ON search_number (resource_type, param, low);
@@ -78,7 +83,9 @@ CREATE INDEX search_concept_resource ON search_concept (resource_id);
 """
 
 DOWNGRADE = """
-DROP INDEX search_token_code, search_string_value, search_reference_param, search_reference_resource;
+DROP INDEX search_token_code, search_string_value, search_reference_param, search_reference_resource,
+    search_quantity_resource;
+CREATE INDEX search_quantity_resource ON search_quantity (resource_id);
 CREATE INDEX search_token_code ON search_token (resource_type, param, code, system);
 CREATE INDEX search_string_value ON search_string (resource_type, param, value text_pattern_ops);
 CREATE INDEX search_reference_param ON search_reference (resource_type, param, target_id, target_type);
