@@ -204,10 +204,6 @@ def background_app(database_url: str, twilio: "FakeTwilio", smtp_server: tuple[S
                    monkeypatch: pytest.MonkeyPatch):
     """`async with background_app(FHIR_X="1") as (app, client):` an in-process server that also relays and
     delivers (the embedded default), wired to the local Twilio and SMTP servers; "" unsets a variable."""
-    from contextlib import asynccontextmanager
-
-    from fhir_server.api.app import FHIRApplication
-    from fhir_server.settings import get_settings
     from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN
 
     defaults = {
@@ -222,21 +218,8 @@ def background_app(database_url: str, twilio: "FakeTwilio", smtp_server: tuple[S
 
     @asynccontextmanager
     async def make(**env: str):
-        for name, value in {**defaults, **env}.items():
-            if value == "":
-                monkeypatch.delenv(name, raising=False)
-            else:
-                monkeypatch.setenv(name, value)
-        get_settings.cache_clear()
-        app = FHIRApplication(get_settings())
-        try:
-            async with app.lifespan(app.fastapi):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                    yield app, client
-        finally:
-            monkeypatch.undo()
-            get_settings.cache_clear()
+        async with in_process_app(monkeypatch, {**defaults, **env}, "http://test") as running:
+            yield running
 
     return make
 
@@ -247,48 +230,29 @@ def configured_client(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Cal
 
     @asynccontextmanager
     async def make(**env: str) -> AsyncIterator[httpx.AsyncClient]:
-        monkeypatch.setenv("FHIR_DATABASE_URL", database_url)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        get_settings.cache_clear()
-        app = FHIRApplication(get_settings())
-        try:
-            async with app.lifespan(app.fastapi):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://test/fhir") as client:
-                    yield client
-        finally:
-            monkeypatch.undo()
-            get_settings.cache_clear()
+        async with in_process_app(monkeypatch, {"FHIR_DATABASE_URL": database_url, **env},
+                                  "http://test/fhir") as (_, client):
+            yield client
 
     return make
 
 
-@pytest.fixture
-def worker_process(database_url: str, redis_url: str, twilio: "FakeTwilio", tmp_path: Path):
-    """`start(**env)` runs a real `fhir-server worker` against the test database and Redis (flushed first),
-    wired to the local Twilio; every process started is killed at the end of the test."""
-    import redis
-
-    from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN
-
-    redis.Redis.from_url(redis_url).flushall()
-    processes: list[subprocess.Popen] = []
-
-    def start(**env: str) -> subprocess.Popen:
-        environment = {**os.environ, "FHIR_DATABASE_URL": database_url, "FHIR_REDIS_URL": redis_url,
-                       "FHIR_TWILIO_ACCOUNT_SID": ACCOUNT_SID, "FHIR_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-                       "FHIR_TWILIO_FROM_NUMBER": "+15005550006", "FHIR_TWILIO_API_BASE": twilio.url,
-                       "FHIR_OUTBOX_POLL_SECONDS": "0.2", "FHIR_WORKER_THREADS": "2", **env}
-        log = open(tmp_path / f"worker-{len(processes)}.log", "wb")
-        process = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "worker"], env=environment,
-                                   stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+@asynccontextmanager
+async def in_process_app(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], base_url: str
+                         ) -> AsyncIterator[tuple[FHIRApplication, httpx.AsyncClient]]:
+    """The app built from settings with `env` applied ("" unsets a variable), its lifespan running, and a
+    client talking to it in-process."""
+    for name, value in env.items():
+        if value == "":
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    app = FHIRApplication(get_settings())
+    try:
+        async with app.lifespan(app.fastapi):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client:
+                yield app, client
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
