@@ -94,8 +94,10 @@ QUERIES = [
 ]
 
 
-async def bench(url: str, runs: int, explain: bool, only: str | None) -> None:
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+async def bench(url: str, runs: int, explain: bool, only: str | None, prepare: bool) -> None:
+    # The server's pool prepares statements after two runs (then PostgreSQL may choose a generic plan).
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True,
+                                                     prepare_threshold=2 if prepare else None) as conn:
         for resource_type, query in QUERIES:
             if only and only not in f"{resource_type}?{query}":
                 continue
@@ -123,6 +125,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--explain", action="store_true", help="print each query's plan first")
     parser.add_argument("--only", help="run the queries whose text contains this")
+    parser.add_argument("--no-prepare", action="store_true", help="never use server-side prepared statements")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         embedded = EmbeddedPostgres(Path(directory))
@@ -135,7 +138,7 @@ def main() -> None:
                 conn.execute("VACUUM ANALYZE")  # as autovacuum would have, for index-only scans
             print(f"loaded {args.patients} patients, {3 * args.patients} observations "
                   f"in {time.perf_counter() - start:.0f} s")
-            asyncio.run(bench(url, args.runs, args.explain, args.only))
+            asyncio.run(bench(url, args.runs, args.explain, args.only, not args.no_prepare))
         finally:
             embedded.stop()
 

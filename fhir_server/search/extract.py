@@ -329,7 +329,8 @@ def _full_text(rows: dict, resource: dict[str, Any]) -> None:
         if text.strip():
             rows["text"][("_text", _plain(text))] = None
     strings: list[str] = []
-    stack: list[Any] = [{key: value for key, value in resource.items() if key not in ("text", "meta", "id")}]
+    stack: list[Any] = [{key: value for key, value in resource.items()
+                         if key not in ("resourceType", "id", "meta", "text")}]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):

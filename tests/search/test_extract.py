@@ -148,3 +148,37 @@ def test_long_strings_are_cut_to_fit_the_index():
                 "description": "é" * 5000}
     [(param, value, exact)] = extract_index(document).string
     assert len(value) == 512 and value == "e" * 512 and exact == "é" * 5000
+
+
+def test_composite_components_share_an_element_key():
+    observation = {"resourceType": "Observation", "status": "final", "code": {"text": "bp"},
+                   "component": [
+                       {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                        "valueQuantity": {"value": 120, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+                       {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                        "valueQuantity": {"value": 80, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+                       {"code": {"text": "no value: no composite rows"}}]}
+    rows = extract_index(observation)
+    codes = [(row[2], row[-1]) for row in rows.token if row[0] == "component-code-value-quantity$0"]
+    values = [(row[1], row[-1]) for row in rows.quantity if row[0] == "component-code-value-quantity$1"]
+    assert codes == [("8480-6", 0), ("8462-4", 1)]
+    assert values == [(120, 0), (80, 1)]
+
+
+def test_full_text_and_reference_identifiers():
+    rows = extract_index({
+        "resourceType": "Observation", "status": "final", "code": {"text": "Glucose"},
+        "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Fasting &amp; "
+                                               "<b>Glücose</b></div>"},
+        "subject": {"identifier": {"system": "urn:mrn", "value": "7"}}})
+    assert ("_text", "fasting & glucose") in rows.text
+    assert ("_content", "final glucose urn:mrn 7") not in rows.text  # URIs are left out of _content
+    assert ("_content", "final glucose 7") in rows.text
+    assert ("subject:identifier", "urn:mrn", "7", None) in rows.token
+
+
+def test_code_system_concepts_carry_their_ancestors():
+    code_system = {"resourceType": "CodeSystem", "url": "http://cs", "status": "active", "content": "complete",
+                   "concept": [{"code": "A", "concept": [{"code": "A1", "concept": [{"code": "A11"}]}]}]}
+    assert sorted(row[2:] for row in extract_index(code_system).concept) == [
+        ("A", "A"), ("A1", "A"), ("A1", "A1"), ("A11", "A"), ("A11", "A1"), ("A11", "A11")]

@@ -3,7 +3,9 @@ from decimal import Decimal
 
 import pytest
 
-from fhir_server.search.values import FAR_FUTURE, date_range, normalize_string, number_range, reference_target
+from fhir_server.search.values import (
+    FAR_FUTURE, date_range, normalize_string, number_range, reference_target, ucum_canonical,
+)
 
 UTC = timezone.utc
 
@@ -56,3 +58,18 @@ def test_normalize_string_folds_case_and_accents():
 def test_reference_target(reference, expected):
     target = reference_target(reference)
     assert (tuple(target) if target else None) == expected
+
+
+def test_ucum_canonical_units():
+    assert ucum_canonical("mg") == (Decimal("0.001"), "g")
+    assert ucum_canonical("kg") == (Decimal(1000), "g")
+    assert ucum_canonical("mm") == (Decimal("0.001"), "m")
+    assert ucum_canonical("mmol/L") == (Decimal("0.001"), "mol/L")
+    assert ucum_canonical("mg/dL") == (Decimal("0.01"), "g/L")
+    assert ucum_canonical("h") == (Decimal(3600), "s")
+    assert ucum_canonical("min") == (Decimal(60), "s")
+    assert ucum_canonical("[lb_av]") == (Decimal("453.59237"), "g")
+    assert ucum_canonical("Cel") is None
+    assert ucum_canonical("mm[Hg]") is None
+    assert ucum_canonical("{beats}/min") is None
+    assert ucum_canonical("mg/kg/d") is None
