@@ -256,3 +256,33 @@ async def in_process_app(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], b
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+@pytest.fixture
+def worker_process(database_url: str, redis_url: str, twilio: "FakeTwilio", tmp_path: Path):
+    """`start(**env)` runs a real `fhir-server worker` against the test database and Redis (flushed first),
+    wired to the local Twilio; every process started is killed at the end of the test."""
+    import redis
+
+    from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN
+
+    redis.Redis.from_url(redis_url).flushall()
+    processes: list[subprocess.Popen] = []
+
+    def start(**env: str) -> subprocess.Popen:
+        environment = {**os.environ, "FHIR_DATABASE_URL": database_url, "FHIR_REDIS_URL": redis_url,
+                       "FHIR_TWILIO_ACCOUNT_SID": ACCOUNT_SID, "FHIR_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+                       "FHIR_TWILIO_FROM_NUMBER": "+15005550006", "FHIR_TWILIO_API_BASE": twilio.url,
+                       "FHIR_OUTBOX_POLL_SECONDS": "0.2", "FHIR_WORKER_THREADS": "2", **env}
+        log = open(tmp_path / f"worker-{len(processes)}.log", "wb")
+        process = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "worker"], env=environment,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
