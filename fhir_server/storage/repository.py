@@ -117,7 +117,7 @@ def _without_server_meta(resource: dict[str, Any]) -> dict[str, Any]:
 async def read(conn: AsyncConnection, resource_type: str, fhir_id: str, *, for_update: bool = False
                ) -> StoredResource | None:
     query = _SELECT_CURRENT + (" FOR UPDATE" if for_update else "")
-    row = await (await conn.execute(query, (resource_type, fhir_id))).fetchone()
+    row = await (await conn.execute(query, (resource_type, fhir_id), prepare=True)).fetchone()
     if row is None:
         return None
     return StoredResource(row[0], resource_type, fhir_id, row[1], row[2], row[3], row[4])
@@ -147,7 +147,7 @@ async def _write(conn: AsyncConnection, sql: str, stored: StoredResource, method
         rows = extract_index(resource, base_url)
         for table in INDEX_TABLES:
             params[table] = orjson.dumps(getattr(rows, table), default=str).decode()
-    row = await (await conn.execute(sql, params)).fetchone()
+    row = await (await conn.execute(sql, params, prepare=True)).fetchone()
     return row[0] if row else None
 
 
