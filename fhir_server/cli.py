@@ -1,4 +1,5 @@
-"""The `fhir-server` command: serve, worker, migrate, import, version, capability-statement."""
+"""The `fhir-server` command: serve, worker, migrate, import, version, capability-statement, clients, users,
+storage."""
 
 import asyncio
 import ipaddress
@@ -262,6 +263,29 @@ def users_remove(name: Annotated[str, typer.Argument()], data_dir: DataDir = Non
         typer.echo(f"error: no user {name!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"removed user {name}")
+
+
+storage = typer.Typer(help="The object store that holds document bytes (S3 or the filesystem).", no_args_is_help=True)
+app.add_typer(storage, name="storage")
+
+
+@storage.command("gc")
+def storage_gc(
+    grace_hours: Annotated[float, typer.Option(help="Spare objects written or referenced this recently.")] = 24,
+    data_dir: DataDir = None,
+) -> None:
+    """Remove stored objects that no version of any Binary or DocumentReference references."""
+    from datetime import timedelta
+
+    from fhir_server.documents.gc import collect_garbage
+    from fhir_server.documents.store import object_store
+
+    if grace_hours < 0:
+        typer.echo("error: --grace-hours must not be negative", err=True)
+        raise typer.Exit(2)
+    collection = _on_database(data_dir, lambda conn: collect_garbage(conn, object_store(get_settings()),
+                                                                     timedelta(hours=grace_hours)))
+    typer.echo(f"removed: {collection.removed} objects ({collection.removed_bytes} bytes)  kept: {collection.kept}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError
 from fhir_server.interactions import (capabilities, create, delete, history, patch, read, search, update)
-from fhir_server.operations import (patient_everything, patient_match, patient_merge, patient_unmerge, reindex,
-                                    validate)
+from fhir_server.operations import (document_download, patient_everything, patient_match, patient_merge,
+                                    patient_unmerge, reindex, validate)
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.resource_types import require_known_type, require_valid_id
 
@@ -21,6 +21,7 @@ OPERATIONS: dict[str, Handler] = {
     patient_merge.NAME: patient_merge.merge,
     patient_unmerge.NAME: patient_unmerge.unmerge,
     patient_everything.NAME: patient_everything.everything,
+    document_download.NAME: document_download.download,
 }
 # Operations that may also run on the system level (POST [base]/$name).
 SYSTEM_OPERATIONS = frozenset({reindex.NAME})

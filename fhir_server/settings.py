@@ -1,10 +1,15 @@
 """The server's configuration: one typed settings object, read once from `FHIR_*` variables."""
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DOCUMENT_MIME_TYPES = ["application/pdf", "image/jpeg", "image/png", "image/heic", "image/tiff", "text/plain",
+                       "audio/mpeg", "audio/ogg", "video/mp4"]
 
 
 class Settings(BaseSettings):
@@ -81,6 +86,33 @@ class Settings(BaseSettings):
     email_subject: str = "New message"
     email_include_content: bool = False
     """Put the CommunicationRequest's text in e-mails; off, an e-mail says only "You have a new message"."""
+
+    # Documents: the bytes of Binary resources live in an object store, never in PostgreSQL.
+    s3_bucket: str | None = None
+    """S3 bucket for document bytes; unset means a filesystem store under `document_dir`."""
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint (MinIO, Ceph, ...); unset means AWS."""
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    """Unset means boto3's own credential chain (AWS_* variables, profiles, instance roles)."""
+    s3_secret_access_key: SecretStr | None = None
+    document_dir: Path | None = None
+    """Filesystem store of document bytes when no bucket is set; unset means `data_dir`/documents."""
+    presign_seconds: int = 600
+    """How long a presigned download URL from DocumentReference/$download stays valid."""
+    document_max_bytes: int = 50 * 1024 * 1024
+    document_mime_types: Annotated[list[str], NoDecode] = DOCUMENT_MIME_TYPES
+    """Content types a Binary may have (comma-separated or a JSON list); checked against the bytes' signature."""
+
+    @field_validator("document_mime_types", mode="before")
+    @classmethod
+    def _split_mime_types(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip().lower() for part in text.split(",") if part.strip()]
+        return value
 
 
 @lru_cache(maxsize=1)

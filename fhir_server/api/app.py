@@ -15,7 +15,7 @@ from fhir_server.auth.enforce import Principal
 from fhir_server.auth.server import auth_router
 from fhir_server.dispatch import dispatch
 from fhir_server.errors import FHIRError, Issue, operation_outcome
-from fhir_server.interactions import create, patch, transaction, update
+from fhir_server.interactions import binary, create, patch, transaction, update
 from fhir_server.interactions.capabilities import capability_statement_bytes
 from fhir_server.messaging.webhooks import twilio_routes
 from fhir_server.request import JSON_CONTENT_TYPE, FHIRRequest, Outcome, error_outcome, informational
@@ -177,12 +177,14 @@ class FHIRApplication:
         req = None
         write = False
         try:
-            _negotiate(request)
             req = FHIRRequest(method=request.method, base_url=_base_url(request, self.settings),
                               query=[(key, value) for key, value in request.query_params.multi_items()
                                      if key not in PRESENTATION_PARAMETERS],
                               headers={key.lower(): value for key, value in request.headers.items()})
             parse_target(req, path)
+            if binary.takes(req):  # raw document bytes in or out: streamed, not through the JSON body path
+                return await self._documents(request, req)
+            _negotiate(request)
             if request.method in ("POST", "PUT", "PATCH"):
                 raw = await _read_body(request, self.settings.max_body_bytes)
                 req.body = _parse_body(req, request.headers.get("content-type", ""), raw)
@@ -211,6 +213,11 @@ class FHIRApplication:
                 headers={"X-Request-Id": request_id})
         return _render(req, outcome, request, write)
 
+    async def _documents(self, request: Request, req: FHIRRequest) -> Response:
+        if self.settings.auth == "smart":
+            req.principal = await self._authenticate(request, req)
+        result = await binary.handle(self.pool, request, req, self.settings)
+        return result if isinstance(result, Response) else _render(req, result, request, req.method != "GET")
 
     async def _authenticate(self, request: Request, req: FHIRRequest) -> Principal:
         """The caller of a bearer token, or 401 with a WWW-Authenticate challenge (RFC 6750)."""

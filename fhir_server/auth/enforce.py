@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # Operations and the permission each needs on the request's resource type.
 OPERATION_PERMISSIONS = {"validate": "r", "match": "s", "everything": "r", "merge": "u", "unmerge": "u",
-                         "reindex": "u"}
+                         "reindex": "u", "download": "r"}
 
 
 @dataclass(frozen=True, slots=True)

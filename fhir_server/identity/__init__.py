@@ -1,12 +1,14 @@
 """Patient identity: server-assigned MRNs, duplicate matching, and the rules that follow a merge.
 
-`before_write` is the one hook the write interactions call (create, update, conditional update, patch).
+`before_write` is the one hook the write interactions call (create, update, conditional update, patch); it
+also runs the document hooks (Binary bytes to the object store, DocumentReference attachment hashes).
 """
 
 from typing import Any
 
 from psycopg import AsyncConnection
 
+from fhir_server.documents import hooks as documents
 from fhir_server.identity import mrn, replaced
 
 
@@ -19,3 +21,4 @@ async def before_write(conn: AsyncConnection, resource: dict[str, Any], fhir_id:
     await replaced.refuse_replaced_references(conn, resource, base_url)
     if resource.get("resourceType") == "Patient":
         await mrn.ensure_mrn(conn, resource, fhir_id)
+    await documents.before_write(conn, resource, fhir_id, base_url)
