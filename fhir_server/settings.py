@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     """str.format template of an assigned MRN: `year` (of assignment) and `number` (from a sequence)."""
     match_max_candidates: int = 200
     """Patient/$match scores at most this many blocked candidates per request."""
+    merge_sync_limit: int = 500
+    """Patient/$merge rewrites up to this many referencing resources in the request; above it (or with
+    `Prefer: respond-async`) it answers 202 with a Task that a worker completes, in batches of this size."""
 
     # Background work (outbox relay, Dramatiq workers) and notifications.
     redis_url: str | None = None

@@ -1,4 +1,13 @@
-"""Merged-away (replaced) Patients: recorded by $merge, and no longer allowed as the target of new references."""
+"""Merged-away (replaced) Patients: recorded by $merge, and no longer allowed as the target of new references.
+
+A merge fixes the list of resources that reference its source, then rewrites them; a write that adds a
+reference to the source and commits after the list was fixed would be missed. So the two serialize on a
+transaction-scoped advisory lock keyed by the source: $merge takes it exclusively before it fixes the list,
+and every write that references a Patient takes it in shared mode before it checks patient_replaced and
+holds it until it commits. A write either commits first (and the merge, waiting for it, lists it) or checks
+after the merge committed or was accepted for background work (and is refused). Writes of unrelated
+Patients never wait for each other; only a merge waits, and only for writes naming its source.
+"""
 
 from typing import Any
 
@@ -11,9 +20,12 @@ from fhir_server.identity.references import local_target, references
 HISTORICAL_TYPES = frozenset({"Provenance", "AuditEvent"})
 
 
-def _new_patient_references(resource: dict[str, Any], base_url: str | None) -> set[str]:
-    """Ids of the Patients `resource` references, leaving out a Patient's own links (which record merges)."""
-    ids = set()
+def referenced_patients(resource: dict[str, Any], base_url: str | None) -> set[str]:
+    """Ids of the Patients `resource` references that must not be merged-away ones: none in the historical
+    types, and not a Patient's own links (which record merges)."""
+    ids: set[str] = set()
+    if resource.get("resourceType") in HISTORICAL_TYPES:
+        return ids
     for path, reference in references(resource):
         if resource.get("resourceType") == "Patient" and path[:1] == ("link",):
             continue
@@ -21,6 +33,17 @@ def _new_patient_references(resource: dict[str, Any], base_url: str | None) -> s
         if target is not None and target[0] == "Patient":
             ids.add(target[1])
     return ids
+
+
+# Sorted ids, locked in order, so that writes naming several Patients cannot deadlock one another.
+_LOCK_SHARED = ("SELECT pg_advisory_xact_lock_shared(hashtextextended('Patient/' || patient_id, 0)) "
+                "FROM unnest(%s::text[]) AS patient_id")
+
+
+async def lock_for_merge(conn: AsyncConnection, source_id: str) -> None:
+    """Wait for the writes that reference Patient/`source_id` to commit and keep new ones waiting until
+    this transaction ends: then the referrers it lists are all there are."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('Patient/' || %s, 0))", (source_id,))
 
 
 async def replacements(conn: AsyncConnection, patient_ids: list[str]) -> dict[str, str]:
@@ -35,11 +58,14 @@ async def replacements(conn: AsyncConnection, patient_ids: list[str]) -> dict[st
 
 
 async def refuse_replaced_references(conn: AsyncConnection, resource: dict[str, Any], base_url: str | None) -> None:
-    """422 if `resource` references a Patient that was merged into another; costs nothing without Patient
-    references, else one indexed lookup."""
-    if resource.get("resourceType") in HISTORICAL_TYPES:
+    """422 if `resource` references a Patient that was merged into another (or is being merged); costs
+    nothing without Patient references, else the shared lock and one indexed lookup. The caller must be in
+    the transaction that writes `resource`, so that the lock lasts until it commits."""
+    patient_ids = sorted(referenced_patients(resource, base_url))
+    if not patient_ids:
         return
-    found = await replacements(conn, sorted(_new_patient_references(resource, base_url)))
+    await conn.execute(_LOCK_SHARED, (patient_ids,))
+    found = await replacements(conn, patient_ids)
     if found:
         raise FHIRError(422, [
             Issue("business-rule", f"Patient/{source} was merged into Patient/{target}: reference Patient/{target} "

@@ -6,8 +6,10 @@ past), is rewritten to reference the target, each as a new version; the source b
 `replaced-by` link; the target gets a `replaces` link and the source's identifiers (as `old`); a Provenance
 lists every version written and the version it revises, which is what $unmerge works from.
 
-Merges run synchronously whatever their size. TODO (issue 5, async part): above a size limit, answer 202 with
-a Task that a worker completes.
+Above `FHIR_MERGE_SYNC_LIMIT` referencing resources, or with `Prefer: respond-async`, the request only
+accepts the merge: it fixes the list of referrers, creates a Task (status `requested`), marks the source as
+replaced so that new references to it are refused at once, and leaves an outbox row for the worker, all in
+its one transaction; it answers 202 with the Task's address. patient_merge_job.py does the rest.
 """
 
 from collections import Counter
@@ -24,13 +26,16 @@ from fhir_server.operations import parameters as params
 from fhir_server.operations.definitions import canonical
 from fhir_server.operations.patient_lookup import patient_id
 from fhir_server.request import FHIRRequest, Outcome
+from fhir_server.settings import get_settings
 from fhir_server.storage import repository
-from fhir_server.storage.repository import StoredResource
+from fhir_server.storage.repository import StoredResource, instant
 from fhir_server.validation import validate_resource
+from fhir_server.worker import outbox
 
 NAME = "merge"
 DEFINITION = canonical("Patient-merge")
 RESOURCE_TYPES = ("Patient",)
+TOPIC = "patient-merge"
 
 
 def _links_to(patient: dict[str, Any], other_id: str, link_type: str | None = None) -> list[dict[str, Any]]:
@@ -49,7 +54,7 @@ def replaced_by(patient: dict[str, Any]) -> str | None:
     return None
 
 
-def _merged_source(source: dict[str, Any], target_id: str) -> dict[str, Any]:
+def merged_source(source: dict[str, Any], target_id: str) -> dict[str, Any]:
     merged = dict(source)
     merged["active"] = False
     merged["link"] = [*(link for link in source.get("link") or [] if link not in _links_to(source, target_id)),
@@ -57,7 +62,7 @@ def _merged_source(source: dict[str, Any], target_id: str) -> dict[str, Any]:
     return merged
 
 
-def _merged_target(target: dict[str, Any], source: dict[str, Any], source_id: str) -> dict[str, Any]:
+def merged_target(target: dict[str, Any], source: dict[str, Any], source_id: str) -> dict[str, Any]:
     """The target with a `replaces` link, and the source's identifiers it lacks, marked `old`."""
     merged = dict(target)
     present = {(identifier.get("system"), identifier.get("value")) for identifier in target.get("identifier") or []}
@@ -95,16 +100,25 @@ async def _current(conn: AsyncConnection, fhir_id: str, role: str, lock: bool) -
     return stored
 
 
-async def referrers(conn: AsyncConnection, patient_id_: str, lock: bool) -> list[StoredResource]:
-    """Every current resource that references Patient/`patient_id_` (other than itself and the historical
-    types), fixed once, in row order, and locked for the rewrite unless only previewing."""
+async def referrer_ids(conn: AsyncConnection, patient_id_: str) -> list[int]:
+    """The row ids of every current resource that references Patient/`patient_id_`, in row order: the list
+    a merge fixes before it rewrites anything. Left out: the Patient itself, the historical types, and the
+    Tasks of merges (records of a merge, like its Provenance)."""
     rows = await (await conn.execute(
-        "SELECT r.id, r.resource_type, r.fhir_id, r.version_id, r.last_updated, r.content FROM resource r "
-        "WHERE r.id IN (SELECT sr.resource_id FROM search_reference sr WHERE sr.target_type = 'Patient' "
-        "AND sr.target_id = %s AND sr.target_url IS NULL) AND NOT r.deleted AND r.resource_type <> ALL(%s) "
-        "AND NOT (r.resource_type = 'Patient' AND r.fhir_id = %s) ORDER BY r.id" + (" FOR UPDATE" if lock else ""),
+        "SELECT r.id FROM resource r WHERE r.id IN (SELECT sr.resource_id FROM search_reference sr "
+        "WHERE sr.target_type = 'Patient' AND sr.target_id = %s AND sr.target_url IS NULL) AND NOT r.deleted "
+        "AND r.resource_type <> ALL(%s) AND NOT (r.resource_type = 'Patient' AND r.fhir_id = %s) "
+        "AND r.id NOT IN (SELECT task FROM patient_merge_job) ORDER BY r.id",
         (patient_id_, sorted(replaced.HISTORICAL_TYPES), patient_id_))).fetchall()
-    return [StoredResource(row[0], row[1], row[2], row[3], row[4], False, row[5]) for row in rows]
+    return [row[0] for row in rows]
+
+
+async def current_rows(conn: AsyncConnection, ids: list[int], lock: bool) -> list[StoredResource]:
+    """The current versions of the resources with row ids `ids`, in row order; locked for a rewrite."""
+    rows = await (await conn.execute(
+        "SELECT id, resource_type, fhir_id, version_id, last_updated, deleted, content FROM resource "
+        "WHERE id = ANY(%s) ORDER BY id" + (" FOR UPDATE" if lock else ""), (ids,))).fetchall()
+    return [StoredResource(*row) for row in rows]
 
 
 def outcome_of(summary: str, counts: Counter, references: int, severity: str = "information") -> dict[str, Any]:
@@ -114,6 +128,31 @@ def outcome_of(summary: str, counts: Counter, references: int, severity: str = "
     issues.append(Issue("informational", f"{sum(counts.values())} resource(s) and {references} reference(s) "
                                          "changed in all", severity=severity))
     return operation_outcome(issues)
+
+
+def rewrite(referrer: StoredResource, source_id: str, target_id: str, base_url: str | None
+            ) -> tuple[dict[str, Any], int]:
+    """`referrer` as it reads with its references to the source pointing at the target, and how many."""
+    resource = referrer.json()
+    return resource, retarget(resource, ("Patient", source_id), ("Patient", target_id), base_url)
+
+
+async def record_merge(conn: AsyncConnection, source: StoredResource, target: StoredResource,
+                       new_target: dict[str, Any], changes: list[merge_record.Change], base_url: str | None
+                       ) -> tuple[dict[str, Any], StoredResource]:
+    """The last step of every merge, once the referrers are rewritten (`changes`): both patients, the
+    Provenance, and the patient_replaced row. Returns the target as written and the Provenance."""
+    for stored, content in ((source, merged_source(source.json(), target.fhir_id)), (target, new_target)):
+        written, _ = await repository.update(conn, content, stored.fhir_id, base_url=base_url)
+        changes.append(("Patient", stored.fhir_id, stored.version_id, written.version_id))
+        if stored is target:
+            result = written.json()
+    record = await repository.create(conn, merge_record.provenance("merge", changes, datetime.now(timezone.utc)),
+                                     base_url=base_url)
+    await conn.execute("INSERT INTO patient_replaced (source, target, provenance) VALUES (%s, %s, %s) "
+                       "ON CONFLICT (source) DO UPDATE SET provenance = excluded.provenance",
+                       (source.pk, target.pk, record.pk))
+    return result, record
 
 
 async def merge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
@@ -128,6 +167,8 @@ async def merge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     if source_id == target_id:
         raise FHIRError.of(422, "business-rule", f"Patient/{source_id} cannot be merged into itself")
     result_patient = _result_patient(parameters, target_id, source_id)
+    if not preview:
+        await replaced.lock_for_merge(conn, source_id)  # before any row lock: writers never wait on ours
     # Lock in id order, so two merges of the same pair cannot deadlock.
     stored = {fhir_id: await _current(conn, fhir_id, role, not preview)
               for fhir_id, role in sorted([(source_id, "source"), (target_id, "target")])}
@@ -140,16 +181,23 @@ async def merge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
                                                  "Patient; merge into that one")
     if target.get("active") is False:
         raise FHIRError.of(422, "business-rule", f"The target Patient/{target_id} is inactive")
+    running = await (await conn.execute(
+        "SELECT t.fhir_id FROM patient_merge_job j JOIN resource t ON t.id = j.task "
+        "WHERE j.target = %s AND j.finished_at IS NULL LIMIT 1", (stored[source_id].pk,))).fetchone()
+    if running:
+        raise FHIRError.of(422, "business-rule", f"Patient/{source_id} is the target of a merge still in progress "
+                                                 f"(Task/{running[0]}); merge it away once that has completed")
 
-    new_target = result_patient or _merged_target(target, source, source_id)
+    new_target = result_patient or merged_target(target, source, source_id)
     await mrn.ensure_mrn(conn, new_target, target_id)  # a result-patient without the MRN keeps the target's
-    new_source = _merged_source(source, target_id)
+    ids = await referrer_ids(conn, source_id)
+    if not preview and (len(ids) > get_settings().merge_sync_limit or req.prefer("respond-async") is not None):
+        return await _accept(conn, req, parameters, stored[source_id], stored[target_id], result_patient, ids)
     counts: Counter = Counter()
     references = 0
     changes: list[merge_record.Change] = []
-    for referrer in await referrers(conn, source_id, lock=not preview):
-        resource = referrer.json()
-        rewritten = retarget(resource, ("Patient", source_id), ("Patient", target_id), req.base_url)
+    for referrer in await current_rows(conn, ids, lock=not preview):
+        resource, rewritten = rewrite(referrer, source_id, target_id, req.base_url)
         if not rewritten:
             continue
         counts[referrer.resource_type] += 1
@@ -163,15 +211,8 @@ async def merge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
         outcome = outcome_of(f"Preview: merging Patient/{source_id} into Patient/{target_id} would change:",
                              counts, references)
     else:
-        for fhir_id, content in ((source_id, new_source), (target_id, new_target)):
-            written, _ = await repository.update(conn, content, fhir_id, base_url=req.base_url)
-            changes.append(("Patient", fhir_id, stored[fhir_id].version_id, written.version_id))
-            if fhir_id == target_id:
-                result = written.json()
-        record = await repository.create(conn, merge_record.provenance("merge", changes, datetime.now(timezone.utc)),
-                                         base_url=req.base_url)
-        await conn.execute("INSERT INTO patient_replaced (source, target, provenance) VALUES (%s, %s, %s)",
-                           (stored[source_id].pk, stored[target_id].pk, record.pk))
+        result, record = await record_merge(conn, stored[source_id], stored[target_id], new_target, changes,
+                                            req.base_url)
         outcome = outcome_of(f"Merged Patient/{source_id} into Patient/{target_id}; Provenance/{record.fhir_id} "
                              "records it", counts, references)
     body = params.parameters_resource([
@@ -180,3 +221,57 @@ async def merge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
         {"name": "result", "resource": result},
     ])
     return Outcome(200, orjson.dumps(body))
+
+
+def _task(parameters: list[dict[str, Any]], total: int) -> dict[str, Any]:
+    """The Task of an accepted merge: its `input` the merge's parameters (a resource among them contained)."""
+    inputs, contained = [], []
+    for part in parameters:
+        if isinstance(part.get("resource"), dict):
+            contained.append({**part["resource"], "id": part["name"]})
+            value = {"valueReference": {"reference": f"#{part['name']}"}}
+        else:
+            value = {key: item for key, item in part.items() if key.startswith("value")}
+        if value:
+            inputs.append({"type": {"text": part["name"]}, **value})
+    now = instant(datetime.now(timezone.utc))
+    task = {"resourceType": "Task", "status": "requested", "intent": "order", "instantiatesUri": DEFINITION,
+            "code": {"text": "Patient/$merge"}, "businessStatus": {"text": progress_text(0, total)},
+            "authoredOn": now, "lastModified": now, "input": inputs}
+    if contained:
+        task["contained"] = contained
+    return task
+
+
+def progress_text(done: int, total: int) -> str:
+    return f"rewritten {done} of {total} referencing resources"
+
+
+async def _accept(conn: AsyncConnection, req: FHIRRequest, parameters: list[dict[str, Any]],
+                  source: StoredResource, target: StoredResource, result_patient: dict[str, Any] | None,
+                  ids: list[int]) -> Outcome:
+    """202: the Task, the job with its fixed list of referrers, the source marked as replaced, the outbox row."""
+    task = await repository.create(conn, _task(parameters, len(ids)), base_url=req.base_url)
+    await conn.execute(
+        "INSERT INTO patient_merge_job (task, source, target, base_url, result_patient, total) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (task.pk, source.pk, target.pk, req.base_url, orjson.dumps(result_patient).decode()
+         if result_patient is not None else None, len(ids)))
+    await conn.execute(
+        "INSERT INTO patient_merge_referrer (task, position, resource_id) "
+        "SELECT %s, position - 1, resource_id FROM unnest(%s::bigint[]) WITH ORDINALITY AS r(resource_id, position)",
+        (task.pk, ids))
+    await conn.execute("INSERT INTO patient_replaced (source, target) VALUES (%s, %s)", (source.pk, target.pk))
+    await outbox.schedule(conn, TOPIC, "Task", task.fhir_id, targets=[""], added=[""],
+                          due_at=datetime.now(timezone.utc), priority=3)
+    location = f"{req.base_url}/Task/{task.fhir_id}"
+    outcome = operation_outcome([Issue("informational", f"Accepted: merging Patient/{source.fhir_id} into "
+                                       f"Patient/{target.fhir_id} rewrites {len(ids)} referencing resource(s) in "
+                                       f"the background; Task/{task.fhir_id} reports its progress",
+                                       severity="information")])
+    body = params.parameters_resource([
+        {"name": "input", "resource": req.body},
+        {"name": "outcome", "resource": outcome},
+        {"name": "task", "resource": task.json()},
+    ])
+    return Outcome(202, orjson.dumps(body), location=location, headers={"Content-Location": location})

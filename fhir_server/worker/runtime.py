@@ -48,8 +48,9 @@ def handlers() -> dict[str, Callable[[Runtime, int], None]]:
     """Outbox topic -> the function its actor runs with the outbox row id."""
     from fhir_server.messaging.delivery import deliver
     from fhir_server.messaging.requests import TOPIC
+    from fhir_server.operations import patient_merge, patient_merge_job
 
-    return {TOPIC: deliver}
+    return {TOPIC: deliver, patient_merge.TOPIC: patient_merge_job.perform}
 
 
 def make_broker(settings: Settings, runtime: Runtime) -> Broker:
