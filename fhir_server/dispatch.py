@@ -3,7 +3,7 @@
 import orjson
 from psycopg import AsyncConnection
 
-from fhir_server.auth.enforce import in_patient_compartment, not_found, permission_for
+from fhir_server.auth.enforce import HIDDEN_FROM_PATIENTS, in_patient_compartment, not_found, permission_for
 from fhir_server.errors import FHIRError
 from fhir_server.interactions import capabilities, create, delete, history, patch, read, search, update
 from fhir_server.request import FHIRRequest, Outcome
@@ -38,10 +38,13 @@ async def dispatch(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     permission = permission_for(req.method, kind, req.operation)
     patient = principal.restriction(req.resource_type, permission)
     filters = principal.filters(req.resource_type, permission)
+    if patient is not None:
+        # One rule for every request under patient/ scopes: resources labelled for staff only do not exist.
+        filters += (("_security:not", "|".join(HIDDEN_FROM_PATIENTS)),)
+    req.restriction = Restriction(Compartment("Patient", patient) if patient else None, principal.readable_types(),
+                                  HIDDEN_FROM_PATIENTS if patient else None)
     if kind == "search":
         req.query = req.query + list(filters)
-        req.restriction = Restriction(Compartment("Patient", patient) if patient else None,
-                                      principal.readable_types())
         return await handler(conn, req)
     if filters and req.id is not None and kind in INSTANCE_CHECKED \
             and not await find_matches(conn, req.resource_type, [("_id", req.id), *filters], limit=1):

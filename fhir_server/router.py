@@ -7,6 +7,7 @@ from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError
 from fhir_server.interactions import (capabilities, create, delete, history, patch, read, search, update)
+from fhir_server.operations import basic_render, communication_request_send_bulk
 from fhir_server.operations import (document_download, patient_everything, patient_match, patient_merge,
                                     patient_unmerge, reindex, validate)
 from fhir_server.request import FHIRRequest, Outcome
@@ -21,6 +22,8 @@ OPERATIONS: dict[str, Handler] = {
     patient_merge.NAME: patient_merge.merge,
     patient_unmerge.NAME: patient_unmerge.unmerge,
     patient_everything.NAME: patient_everything.everything,
+    basic_render.NAME: basic_render.render,
+    communication_request_send_bulk.NAME: communication_request_send_bulk.send_bulk,
     document_download.NAME: document_download.download,
 }
 # Operations that may also run on the system level (POST [base]/$name).

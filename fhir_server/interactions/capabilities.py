@@ -6,6 +6,7 @@ from typing import Any
 import orjson
 
 from fhir_server import FHIR_VERSION, __version__
+from fhir_server.operations import basic_render, communication_request_send_bulk
 from fhir_server.operations import (document_download, patient_everything, patient_match, patient_merge,
                                     patient_unmerge, reindex, validate)
 from fhir_server.request import FHIRRequest, Outcome
@@ -15,7 +16,8 @@ from fhir_server.settings import get_settings
 
 RELEASE_DATE = "2026-11-23"
 # An operation module with RESOURCE_TYPES is offered on those types only.
-OPERATIONS = (validate, reindex, patient_match, patient_merge, patient_unmerge, patient_everything,
+OPERATIONS = (validate, reindex, patient_match, patient_merge, patient_unmerge, patient_everything, basic_render,
+              communication_request_send_bulk,
               document_download)
 TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type")

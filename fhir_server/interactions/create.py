@@ -3,7 +3,7 @@
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 
-from fhir_server import identity
+from fhir_server import identity, workflow
 from fhir_server.errors import FHIRError
 from fhir_server.identity.replaced import referenced_patients
 from fhir_server.interactions.common import matches_locked, parse_condition, require_resource
@@ -29,6 +29,7 @@ async def create(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
             existing = await repository.read(conn, req.resource_type, matches[0][1])
             return resource_outcome(200, existing, req.base_url, location=True)
     await identity.before_write(conn, resource, None, req.base_url)  # MRN for a Patient; merged-away references
+    await workflow.before_write(conn, resource, None)
     # The spec: an id in the body of a create is ignored; the server assigns one.
     stored = await repository.create(conn, resource, req.assigned_id, base_url=req.base_url)
     return resource_outcome(201, stored, req.base_url, location=True)

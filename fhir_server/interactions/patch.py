@@ -5,7 +5,7 @@ from typing import Any
 import jsonpatch
 from psycopg import AsyncConnection
 
-from fhir_server import identity
+from fhir_server import identity, workflow
 from fhir_server.errors import FHIRError
 from fhir_server.interactions.common import matches_locked, require_resource
 from fhir_server.request import FHIRRequest, Outcome, parse_version_tag, resource_outcome
@@ -45,5 +45,6 @@ async def patch(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
         raise FHIRError.of(422, "processing", "A patch may not change the resourceType or id")
     resource = require_resource(patched, req.resource_type)
     await identity.before_write(conn, resource, fhir_id, req.base_url)
+    await workflow.before_write(conn, resource, fhir_id)
     stored, _ = await repository.update(conn, resource, fhir_id, method="PATCH", base_url=req.base_url)
     return resource_outcome(200, stored, req.base_url)

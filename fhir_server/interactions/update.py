@@ -2,7 +2,7 @@
 
 from psycopg import AsyncConnection
 
-from fhir_server import identity
+from fhir_server import identity, workflow
 from fhir_server.errors import FHIRError
 from fhir_server.interactions.common import matches_locked, require_resource
 from fhir_server.request import FHIRRequest, Outcome, parse_version_tag, resource_outcome
@@ -20,6 +20,7 @@ async def update(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
                            f"{req.resource_type}.id")
     if_match = parse_version_tag(req.header("if-match"), "If-Match")
     await identity.before_write(conn, resource, req.id, req.base_url)
+    await workflow.before_write(conn, resource, req.id)
     stored, created = await repository.update(conn, resource, req.id, if_match=if_match,
                                               base_url=req.base_url)
     return resource_outcome(201 if created else 200, stored, req.base_url, location=created)
@@ -42,6 +43,7 @@ async def conditional_update(conn: AsyncConnection, req: FHIRRequest) -> Outcome
         fhir_id = body_id or repository.new_id()
     if_match = parse_version_tag(req.header("if-match"), "If-Match")
     await identity.before_write(conn, resource, fhir_id, req.base_url)
+    await workflow.before_write(conn, resource, fhir_id)
     stored, created = await repository.update(conn, resource, fhir_id, if_match=if_match,
                                               base_url=req.base_url)
     return resource_outcome(201 if created else 200, stored, req.base_url, location=created)

@@ -38,13 +38,13 @@ def configured(settings: Settings, channel: str) -> bool:
     return bool(settings.twilio_account_sid and settings.twilio_auth_token and sender)
 
 
-def send(settings: Settings, channel: str, address: str, body: str, status_callback: str | None = None
-         ) -> SendResult:
+def send(settings: Settings, channel: str, address: str, body: str, status_callback: str | None = None,
+         subject: str | None = None) -> SendResult:
     if not configured(settings, channel):
         return SendResult("failed", reason="channel-not-configured",
                           detail=f"No {channel} channel is configured on this server")
     if channel == "email":
-        return _send_email(settings, address, body)
+        return _send_email(settings, address, body, subject)
     return _send_twilio(settings, channel, address, body, status_callback)
 
 
@@ -78,11 +78,11 @@ def _send_twilio(settings: Settings, channel: str, address: str, body: str, stat
     return SendResult("sent", provider_id=message.sid, provider_status=message.status)
 
 
-def _send_email(settings: Settings, address: str, body: str) -> SendResult:
+def _send_email(settings: Settings, address: str, body: str, subject: str | None) -> SendResult:
     message = EmailMessage()
     message["From"] = settings.smtp_from
     message["To"] = address
-    message["Subject"] = settings.email_subject
+    message["Subject"] = subject or settings.email_subject
     message["Message-ID"] = make_msgid(domain=settings.smtp_from.rpartition("@")[2] or None)
     message.set_content(body)
     try:

@@ -19,7 +19,8 @@ from urllib.parse import quote
 
 from psycopg import AsyncConnection
 
-from fhir_server.messaging import channels, consent, recipients
+from fhir_server.errors import FHIRError
+from fhir_server.messaging import channels, consent, recipients, templates
 from fhir_server.messaging.channels import SendResult
 from fhir_server.messaging.codes import (ATTEMPT_IDENTIFIER, DELIVERY_EXTENSION, PROVIDER_IDENTIFIERS,
                                          PROVIDER_STATUS_EXTENSION, channel_of, medium_concept, status_reason)
@@ -48,6 +49,7 @@ class Attempt:
     address: str
     body: str
     number: int
+    subject: str | None = None
 
 
 def deliver(runtime: Runtime, outbox_id: int) -> None:
@@ -58,7 +60,8 @@ def deliver(runtime: Runtime, outbox_id: int) -> None:
     callback = runtime.settings.twilio_status_callback_url
     if callback:
         callback += ("&" if "?" in callback else "?") + "communication=" + quote(attempt.communication_id)
-    result = channels.send(runtime.settings, attempt.channel, attempt.address, attempt.body, callback)
+    result = channels.send(runtime.settings, attempt.channel, attempt.address, attempt.body, callback,
+                           attempt.subject)
     runtime.run(_finish(runtime, attempt, result))
 
 
@@ -113,10 +116,18 @@ async def _begin(runtime: Runtime, outbox_id: int) -> Attempt | None:
             return None
         number = row.attempts + 1
         communication = _communication(request, row, channel, number)
-        text = _text(request)
+        text, subject, phi, template_problem = _text(request), None, False, None
+        if templates.payload_template(request) is not None:
+            try:
+                rendered, phi = await templates.render_request(conn, request, channel)
+                text, subject = rendered.body, rendered.subject
+            except FHIRError as error:
+                template_problem = str(error)
         address = recipients.Address(None)
         if not channels.configured(settings, channel):
             problem = ("channel-not-configured", f"No {channel} channel is configured on this server")
+        elif template_problem is not None:
+            problem = ("no-content", f"The message template could not be rendered: {template_problem}")
         elif text is None:
             problem = ("no-content", "The CommunicationRequest has no payload.contentString to send")
         else:
@@ -130,11 +141,14 @@ async def _begin(runtime: Runtime, outbox_id: int) -> Attempt | None:
             await outbox.settle(conn, row.id, "dead", error=problem[0], count_attempt=True)
             await _update_request(conn, row.fhir_id)
             return None
-        body = text if channel != "email" or settings.email_include_content else DEFAULT_EMAIL_BODY
+        # An e-mail carries the text only when the server or the template allows PHI in e-mail.
+        with_content = channel != "email" or settings.email_include_content or phi
+        body = text if with_content else DEFAULT_EMAIL_BODY
         communication["payload"] = [{"contentString": body}]
         created = await store(conn, communication)
         await outbox.start_attempt(conn, row.id, created.fhir_id, settings.send_lease_seconds)
-        return Attempt(row.id, row.fhir_id, created.fhir_id, channel, address.value, body, number)
+        return Attempt(row.id, row.fhir_id, created.fhir_id, channel, address.value, body, number,
+                       subject if with_content else None)
 
 
 def backoff(settings: Settings, attempts: int) -> float:

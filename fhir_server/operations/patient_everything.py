@@ -43,7 +43,8 @@ def _single(req: FHIRRequest, name: str) -> str | None:
 
 
 def _page_query(patient_id: str, start: datetime | None, end: datetime | None, since: datetime | None,
-                types: list[str] | None, after: int | None, count: int) -> tuple[str, list[Any]]:
+                types: list[str] | None, after: int | None, count: int,
+                hidden_label: tuple[str, str] | None = None) -> tuple[str, list[Any]]:
     # The compartment: resources with a reference to the Patient, those without any date in [start, end]
     # left out; then the Patient itself and what the compartment and the Patient reference.
     date_filter, date_args = "", []
@@ -62,6 +63,10 @@ def _page_query(patient_id: str, start: datetime | None, end: datetime | None, s
     if after is not None:
         conditions.append("r.id > %s")
         args.append(after)
+    if hidden_label is not None:
+        conditions.append("NOT EXISTS (SELECT 1 FROM search_token h WHERE h.resource_id = r.id "
+                          "AND h.param = '_security' AND h.system = %s AND h.code = %s)")
+        args.extend(hidden_label)
     sql = (
         "WITH patient AS (SELECT id FROM resource WHERE resource_type = 'Patient' AND fhir_id = %s AND NOT deleted), "
         "compartment AS (SELECT DISTINCT c.resource_id AS id FROM search_reference c "
@@ -110,7 +115,8 @@ async def everything(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
 
     sql, args = _page_query(req.id, _date("start", start, False) if start else None,
                             _date("end", end, True) if end else None,
-                            _date("_since", since, False) if since else None, types, after, count)
+                            _date("_since", since, False) if since else None, types, after, count,
+                            req.restriction.hidden_label if req.restriction is not None else None)
     rows = await (await conn.execute(sql, args)).fetchall() if count else []
     more = len(rows) > count
     rows = rows[:count]

@@ -82,6 +82,8 @@ class Restriction:
 
     compartment: Compartment | None = None
     readable_types: frozenset[str] | None = None
+    hidden_label: tuple[str, str] | None = None
+    """A security label (system, code) whose resources the caller never sees (auth.enforce.HIDDEN_FROM_PATIENTS)."""
 
 
 async def search(conn: psycopg.AsyncConnection, *, base_url: str, resource_type: str | None,
@@ -178,6 +180,12 @@ async def _visible(conn: psycopg.AsyncConnection, rows: list[tuple[int, str, str
     """The included rows the caller may see: of a readable type, and inside its compartment if it has one."""
     if restriction.readable_types is not None:
         rows = [row for row in rows if row[1] in restriction.readable_types]
+    if restriction.hidden_label is not None and rows:
+        found = await conn.execute("SELECT resource_id FROM search_token WHERE resource_id = ANY(%s) "
+                                   "AND param = '_security' AND system = %s AND code = %s",
+                                   [[row[0] for row in rows], *restriction.hidden_label])
+        hidden = {row[0] for row in await found.fetchall()}
+        rows = [row for row in rows if row[0] not in hidden]
     if restriction.compartment is None or not rows:
         return rows
     sql, args = compartment_condition(restriction.compartment.type, restriction.compartment.id, None,

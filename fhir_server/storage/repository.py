@@ -54,6 +54,24 @@ _DELETE_SQL = (
     f"{_VERSION_CTE}, {_DELETE_INDEX_CTES} SELECT id FROM w"
 )
 
+# Many new resources of one type in one statement: the resource rows (ids and contents as arrays), their
+# versions, and the index rows, each index row led by the fhir_id it belongs to.
+_INSERT_MANY_SQL = (
+    "WITH w AS (INSERT INTO resource (resource_type, fhir_id, version_id, last_updated, content) "
+    "SELECT %(resource_type)s, f, 1, %(last_updated)s, c FROM unnest(%(fhir_ids)s::text[], %(contents)s::bytea[]) "
+    "AS u(f, c) RETURNING id, fhir_id, content), "
+    "v AS (INSERT INTO resource_version (resource_id, version_id, resource_type, fhir_id, last_updated, method, "
+    "content) SELECT id, 1, %(resource_type)s, fhir_id, %(last_updated)s, 'POST', content FROM w), "
+    + ", ".join(
+        f"i_{table} AS (INSERT INTO search_{table} (resource_id, resource_type, "
+        f"{', '.join(name for name, _ in columns)}) SELECT w.id, %(resource_type)s, "
+        f"{', '.join(f'(e->>{index + 1})::{kind}' for index, (_, kind) in enumerate(columns))} "
+        f"FROM json_array_elements(%({table})s::json) AS e JOIN w ON w.fhir_id = e->>0)"
+        for table, columns in INDEX_TABLES.items()
+    )
+    + " SELECT count(*) FROM w"
+)
+
 _SELECT_CURRENT = (
     "SELECT id, version_id, last_updated, deleted, content FROM resource WHERE resource_type = %s AND fhir_id = %s"
 )
@@ -189,6 +207,35 @@ async def create(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str |
         raise FHIRError.of(409, "duplicate", f"{resource['resourceType']}/{fhir_id} already exists")
     for hook in hooks or ():
         await hook(conn, fhir_id, resource, None)
+    return stored
+
+
+async def create_many(conn: AsyncConnection, resources: list[dict[str, Any]], *,
+                      base_url: str | None = None) -> list[StoredResource]:
+    """Insert many new resources of one type (server-assigned ids) in one statement.
+
+    The side-effect hooks do not run: the caller records the side effects of the whole batch itself.
+    """
+    if not resources:
+        return []
+    resource_type = resources[0]["resourceType"]
+    if any(resource["resourceType"] != resource_type for resource in resources):
+        raise ValueError("create_many takes resources of one type")
+    moment = _now()
+    stored = []
+    index_rows: dict[str, list[list[Any]]] = {table: [] for table in INDEX_TABLES}
+    for resource in resources:
+        fhir_id = new_id()
+        stored.append(StoredResource(0, resource_type, fhir_id, 1, moment, False,
+                                     _stamp(resource, fhir_id, 1, moment)))
+        rows = extract_index(resource, base_url)
+        for table in INDEX_TABLES:
+            index_rows[table] += [[fhir_id, *row] for row in getattr(rows, table)]
+    await conn.execute(_INSERT_MANY_SQL, {
+        "resource_type": resource_type, "last_updated": moment, "fhir_ids": [item.fhir_id for item in stored],
+        "contents": [item.content for item in stored],
+        **{table: orjson.dumps(rows, default=str).decode() for table, rows in index_rows.items()},
+    })
     return stored
 
 

@@ -68,6 +68,16 @@ async def schedule(conn: AsyncConnection, topic: str, resource_type: str, fhir_i
                                    "targets": targets, "added": added, "due_at": due_at, "priority": priority})
 
 
+async def add_many(conn: AsyncConnection, topic: str, resource_type: str, work: list[tuple[str, str]], *,
+                   due_at: datetime, priority: int) -> None:
+    """New work for resources just created: one row per (fhir_id, target), in one statement."""
+    await conn.execute(
+        "INSERT INTO outbox (topic, resource_type, fhir_id, target, priority, due_at) "
+        "SELECT %s, %s, fhir_id, target, %s, %s FROM unnest(%s::text[], %s::text[]) AS w(fhir_id, target)",
+        (topic, resource_type, priority, due_at, [fhir_id for fhir_id, _ in work], [target for _, target in work]),
+    )
+
+
 async def claim(conn: AsyncConnection, limit: int, lease_seconds: float) -> list[tuple[int, str, int, datetime]]:
     """Mark up to `limit` rows queued for `lease_seconds` and return (id, topic, priority, due_at), in order.
 

@@ -49,8 +49,10 @@ def handlers() -> dict[str, Callable[[Runtime, int], None]]:
     from fhir_server.messaging.delivery import deliver
     from fhir_server.messaging.requests import TOPIC
     from fhir_server.operations import patient_merge, patient_merge_job
+    from fhir_server.worker import jobs
 
-    return {TOPIC: deliver, patient_merge.TOPIC: patient_merge_job.perform}
+    return {TOPIC: deliver, patient_merge.TOPIC: patient_merge_job.perform,
+            **{topic: jobs.handler(job) for topic, job in jobs.jobs().items()}}
 
 
 def make_broker(settings: Settings, runtime: Runtime) -> Broker:

@@ -11,6 +11,24 @@ from fhir_server.messaging.requests import communication_request_written
 AfterWrite = Callable[[AsyncConnection, str, "dict[str, Any] | None", "dict[str, Any] | None"], Awaitable[None]]
 """(conn, fhir_id, resource as written or None when deleted, previous version or None when created)."""
 
+
+# Imported when first called: they use the repository, which imports this table.
+async def _communication_written(conn: AsyncConnection, fhir_id: str, resource: "dict[str, Any] | None",
+                                 previous: "dict[str, Any] | None") -> None:
+    from fhir_server.messaging.threads import communication_written
+
+    await communication_written(conn, fhir_id, resource, previous)
+
+
+async def _task_written(conn: AsyncConnection, fhir_id: str, resource: "dict[str, Any] | None",
+                        previous: "dict[str, Any] | None") -> None:
+    from fhir_server.workflow import task_written
+
+    await task_written(conn, fhir_id, resource, previous)
+
+
 AFTER_WRITE: dict[str, tuple[AfterWrite, ...]] = {
     "CommunicationRequest": (communication_request_written,),
+    "Communication": (_communication_written,),
+    "Task": (_task_written,),
 }
