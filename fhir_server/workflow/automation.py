@@ -9,7 +9,8 @@ Codes (terminology/workflow-code-systems.json):
   the notification dispatch then delivers.
 - `send-appointment-reminder`: the same, with input `appointment` (Reference); without a message or
   template the text says when the appointment starts, and the template gets `start` as a variable.
-A Task still waiting for the Tasks it depends on is tried again later (businessStatus says so).
+A Task still waiting for the Tasks it depends on is tried again when one of them finishes, or after
+WAIT_SECONDS (businessStatus says what it waits for).
 """
 
 from datetime import datetime, timedelta, timezone
@@ -24,7 +25,7 @@ from fhir_server.settings import Settings
 from fhir_server.storage import repository
 from fhir_server.worker import outbox
 from fhir_server.workflow.codes import AUTOMATION, AUTOMATION_CODES, OVERDUE, TASK_FLAG, coding_in, set_tag
-from fhir_server.workflow.lifecycle import unfinished_dependencies
+from fhir_server.workflow.lifecycle import FINISHED, unfinished_dependencies
 from fhir_server.workflow.overdue import moment
 
 TOPIC = "task-automation"
@@ -52,6 +53,8 @@ def due_at(task: dict[str, Any]) -> datetime:
 
 async def task_written(conn: AsyncConnection, fhir_id: str, task: dict[str, Any] | None,
                        previous: dict[str, Any] | None) -> None:
+    if task is not None and task.get("status") in FINISHED and (previous or {}).get("status") not in FINISHED:
+        await _wake_dependents(conn, fhir_id)
     wanted, was_wanted = _wanted(task), _wanted(previous)
     if not wanted and not was_wanted:
         return
@@ -59,6 +62,18 @@ async def task_written(conn: AsyncConnection, fhir_id: str, task: dict[str, Any]
     await outbox.schedule(conn, TOPIC, "Task", fhir_id, targets=targets, added=targets if not was_wanted else [],
                           due_at=due_at(task) if wanted else datetime.now(timezone.utc),
                           priority={"stat": 0, "asap": 1, "urgent": 2}.get((task or {}).get("priority"), 3))
+
+
+async def _wake_dependents(conn: AsyncConnection, fhir_id: str) -> None:
+    """Automated Tasks waiting for Task/`fhir_id` (their basedOn) are tried again now rather than later."""
+    await conn.execute(
+        "UPDATE outbox o SET due_at = now(), updated_at = now() FROM search_reference b "
+        "JOIN resource r ON r.id = b.resource_id "
+        "WHERE b.resource_type = 'Task' AND b.param = 'based-on' AND b.target_type = 'Task' AND b.target_id = %s "
+        "AND o.topic = %s AND o.resource_type = 'Task' AND o.fhir_id = r.fhir_id AND o.state = 'pending' "
+        "AND o.due_at > now()",
+        (fhir_id, TOPIC),
+    )
 
 
 def _inputs(task: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -52,3 +52,19 @@ async def test_appointment_reminder_and_a_failure(background_app, twilio, db) ->
     assert read(db, "Task", reminder["id"])["status"] == "completed"
     assert "No recipient" in failed["statusReason"]["text"]
     assert len(resources(db, "CommunicationRequest")) == 1
+
+
+async def test_an_automated_task_waits_for_its_dependencies(background_app, twilio, db) -> None:
+    async with background_app() as (_, client):
+        pid = (await client.post("/fhir/Patient", json=patient())).json()["id"]
+        first = (await client.post("/fhir/Task", json=task("in-progress"))).json()
+        automated = (await client.post("/fhir/Task", json=_automated(
+            "send-message", {"message": "Your results are in"}, basedOn=[{"reference": f"Task/{first['id']}"}],
+            **{"for": {"reference": f"Patient/{pid}"}}))).json()
+        waiting = await eventually(lambda: (t := read(db, "Task", automated["id"])).get("businessStatus") and t)
+        assert waiting["status"] == "requested" and f"Task/{first['id']}" in waiting["businessStatus"]["text"]
+        assert twilio.messages == []
+        assert (await client.put(f"/fhir/Task/{first['id']}", json={**first, "status": "completed"})).status_code == 200
+        done = await eventually(lambda: (t := read(db, "Task", automated["id"]))["status"] == "completed" and t)
+        await eventually(lambda: twilio.messages)
+    assert "businessStatus" not in done and twilio.messages[0]["Body"] == "Your results are in"
