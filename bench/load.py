@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import math
 import os
@@ -25,6 +24,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
+
+from fhir_server.cli import is_loopback
 
 try:
     import uvloop
@@ -400,16 +401,6 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-def is_loopback(base_url: str) -> bool:
-    host = urlsplit(base_url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class ServerDidNotStart(Exception):
     pass
 
@@ -552,7 +543,7 @@ def main() -> int:
         if options.client == "raw" and urlsplit(options.base_url).scheme != "http":
             print(f"--client raw speaks plain http only, not {options.base_url}", file=sys.stderr)
             return 2
-        if not is_loopback(options.base_url):
+        if not is_loopback(urlsplit(options.base_url).hostname or ""):
             print(f"--base-url must be a loopback address, not {options.base_url}", file=sys.stderr)
             return 2
         return benchmark(options.base_url, options)
