@@ -7,7 +7,7 @@ from fhir_server.auth.enforce import HIDDEN_FROM_PATIENTS, in_patient_compartmen
 from fhir_server.errors import FHIRError
 from fhir_server.interactions import capabilities, create, delete, history, patch, read, search, update
 from fhir_server.request import FHIRRequest, Outcome
-from fhir_server.router import route
+from fhir_server.router import Handler, route
 from fhir_server.search.engine import Compartment, Restriction, find_matches
 
 # The interaction each handler performs, as far as authorization is concerned.
@@ -29,8 +29,9 @@ def _kind(req: FHIRRequest, handler: object) -> str:
     return KINDS[handler]
 
 
-async def dispatch(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
-    handler = route(req)
+async def dispatch(conn: AsyncConnection, req: FHIRRequest, handler: Handler | None = None) -> Outcome:
+    """`handler` is the route of `req` when the caller has looked it up already."""
+    handler = handler or route(req)
     principal = req.principal
     if principal is None or handler is capabilities.capabilities:
         return await handler(conn, req)

@@ -2,6 +2,7 @@
 
 import logging
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 from uuid import uuid4
@@ -196,7 +197,7 @@ class FHIRApplication:
             write = handler in WRITE_HANDLERS
             if self.settings.auth == "smart" and req.operation != "metadata":
                 req.principal = await self._authenticate(request, req)
-            run = handler if handler is transaction.process else dispatch
+            run = handler if handler is transaction.process else partial(dispatch, handler=handler)
             async with self.pool.connection() as conn:
                 if _needs_transaction(req, handler):
                     async with conn.transaction():
