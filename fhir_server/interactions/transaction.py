@@ -13,6 +13,7 @@ import orjson
 from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError, Issue
+from fhir_server.identity.references import references
 from fhir_server.interactions.common import matches_locked, parse_condition
 from fhir_server.request import FHIRRequest, Outcome, error_outcome
 from fhir_server.dispatch import dispatch
@@ -102,18 +103,6 @@ def _entry_response(outcome: Outcome, minimal: bool) -> dict[str, Any]:
     return entry
 
 
-def _references(node: Any):
-    """Every Reference-like object (a dict with a string `reference`) inside `node`."""
-    if isinstance(node, dict):
-        if isinstance(node.get("reference"), str):
-            yield node
-        for value in node.values():
-            yield from _references(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _references(value)
-
-
 async def _assign_ids(conn: AsyncConnection, requests: list[FHIRRequest], bundle: dict[str, Any]) -> dict[str, str]:
     """Map each entry fullUrl to the `Type/id` it will have, assigning the ids of new resources."""
     mapping: dict[str, str] = {}
@@ -146,7 +135,7 @@ async def _assign_ids(conn: AsyncConnection, requests: list[FHIRRequest], bundle
 async def _resolve_references(conn: AsyncConnection, requests: list[FHIRRequest], mapping: dict[str, str]) -> None:
     """Rewrite references to entry fullUrls and conditional references (`Type?criteria`) to `Type/id`."""
     for index, req in enumerate(requests):
-        for reference in _references(req.body):
+        for _, reference in references(req.body):
             target = reference["reference"]
             if target in mapping:
                 reference["reference"] = mapping[target]
