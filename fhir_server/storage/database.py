@@ -30,13 +30,18 @@ def migrate(database_url: str) -> None:
     engine.dispose()
 
 
+NEVER_PREPARE_AUTOMATICALLY = 2**31 - 1
+"""psycopg prepares a statement after this many executions; only `prepare=True` ones reach the server prepared."""
+
+
 def create_pool(database_url: str, size: int) -> AsyncConnectionPool:
     """Connections in autocommit mode: a read is one statement and one round trip; writes open a
     transaction explicitly (`conn.transaction()`).
 
     Nothing is prepared automatically: a prepared search soon runs on PostgreSQL's generic plan, which
     is blind to how selective its values are (an unselective `_has` ran 3x slower). The hot fixed
-    statements of the repository ask to be prepared (`prepare=True`).
+    statements of the repository ask to be prepared (`prepare=True`). The threshold must be a number for
+    that: psycopg ignores `prepare=True` when it is None.
     """
     return AsyncConnectionPool(database_url, min_size=size, max_size=size, open=False,
-                               kwargs={"autocommit": True, "prepare_threshold": None})
+                               kwargs={"autocommit": True, "prepare_threshold": NEVER_PREPARE_AUTOMATICALLY})
