@@ -16,6 +16,8 @@ KINDS = {
     update.update: "update", update.conditional_update: "update", patch.patch: "patch", delete.delete: "delete",
     delete.conditional_delete: "delete",
 }
+# Operations authorized exactly as a search: the token's filters and compartment limit their results.
+SEARCH_OPERATIONS = frozenset({"semantic-search"})
 # Instance interactions on an existing resource outside the caller's compartment answer 404.
 INSTANCE_CHECKED = frozenset({"read", "vread", "history-instance", "patch", "delete", "update", "operation"})
 WRITES = frozenset({"create", "update", "patch"})
@@ -25,7 +27,7 @@ def _kind(req: FHIRRequest, handler: object) -> str:
     if handler is history.history:
         return "history-instance" if req.id else "history"
     if req.operation is not None:
-        return "operation"
+        return "search" if req.operation in SEARCH_OPERATIONS else "operation"
     return KINDS[handler]
 
 

@@ -9,7 +9,7 @@ from fhir_server.errors import FHIRError
 from fhir_server.interactions import (capabilities, create, delete, history, patch, read, search, update)
 from fhir_server.operations import basic_render, communication_request_send_bulk
 from fhir_server.operations import (document_download, patient_everything, patient_match, patient_merge,
-                                    patient_unmerge, reindex, validate)
+                                    patient_unmerge, reindex, semantic_search, validate)
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.resource_types import require_known_type, require_valid_id
 
@@ -25,9 +25,10 @@ OPERATIONS: dict[str, Handler] = {
     basic_render.NAME: basic_render.render,
     communication_request_send_bulk.NAME: communication_request_send_bulk.send_bulk,
     document_download.NAME: document_download.download,
+    semantic_search.NAME: semantic_search.semantic_search,
 }
 # Operations that may also run on the system level (POST [base]/$name).
-SYSTEM_OPERATIONS = frozenset({reindex.NAME})
+SYSTEM_OPERATIONS = frozenset({reindex.NAME, semantic_search.NAME})
 
 
 def parse_target(req: FHIRRequest, path: str) -> FHIRRequest:

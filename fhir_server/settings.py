@@ -107,6 +107,32 @@ class Settings(BaseSettings):
     document_mime_types: Annotated[list[str], NoDecode] = DOCUMENT_MIME_TYPES
     """Content types a Binary may have (comma-separated or a JSON list); checked against the bytes' signature."""
 
+    # Embeddings and $semantic-search.
+    embeddings: Literal["hashed", "openai", "local", "off"] = "hashed"
+    """Who turns text into vectors: `hashed` (built in, offline, deterministic: hashed words and character
+    n-grams), `openai` (any OpenAI-compatible server), `local` (all-MiniLM-L6-v2, extra `[local-embeddings]`),
+    or `off` (nothing is embedded)."""
+    embeddings_dimensions: int = 384
+    """Dimensions of the vector column, fixed by migration 0008 (all-MiniLM-L6-v2 has 384)."""
+    embeddings_model: str = "text-embedding-3-small"
+    """Model asked of the OpenAI-compatible server (`embeddings=openai`)."""
+    openai_base_url: str | None = None
+    """OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1; unset means OpenAI's own."""
+    openai_api_key: SecretStr | None = None
+    embeddings_timeout: float = 30
+    embeddings_chunk_chars: int = 800
+    """Chunks hold whole sentences up to this many characters (a longer sentence is cut at words)."""
+    embeddings_chunk_overlap: int = 150
+    """Up to this many characters of trailing sentences are repeated at the start of the next chunk."""
+    semantic_vector_weight: float = 1.0
+    """Weight of the vector ranking in the reciprocal rank fusion of $semantic-search."""
+    semantic_keyword_weight: float = 1.0
+    """Weight of the full-text ranking in the same fusion."""
+    semantic_min_similarity: float = 0.05
+    """Chunks less similar than this (cosine) to the query count for nothing in the vector ranking."""
+    semantic_candidates: int = 100
+    """Chunks each ranking (vector and full text) contributes before fusion."""
+
     @field_validator("document_mime_types", mode="before")
     @classmethod
     def _split_mime_types(cls, value: object) -> object:

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 # Operations and the permission each needs on the request's resource type.
 OPERATION_PERMISSIONS = {"validate": "r", "match": "s", "everything": "r", "merge": "u", "unmerge": "u",
-                         "reindex": "u", "download": "r", "render": "r", "send-bulk": "c"}
+                         "reindex": "u", "download": "r", "render": "r", "send-bulk": "c",
+                         "semantic-search": "s"}
 
 HIDDEN_FROM_PATIENTS = ("http://terminology.hl7.org/CodeSystem/v3-ActCode", "NOPAT")
 """The security label (meta.security) of what patient/ scopes never see, e.g. staff-only notes in a

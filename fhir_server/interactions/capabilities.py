@@ -8,7 +8,7 @@ import orjson
 from fhir_server import FHIR_VERSION, __version__
 from fhir_server.operations import basic_render, communication_request_send_bulk
 from fhir_server.operations import (document_download, patient_everything, patient_match, patient_merge,
-                                    patient_unmerge, reindex, validate)
+                                    patient_unmerge, reindex, semantic_search, validate)
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.resource_types import resource_types
 from fhir_server.search.parameters import parameters_for
@@ -18,7 +18,9 @@ RELEASE_DATE = "2026-11-23"
 # An operation module with RESOURCE_TYPES is offered on those types only.
 OPERATIONS = (validate, reindex, patient_match, patient_merge, patient_unmerge, patient_everything, basic_render,
               communication_request_send_bulk,
-              document_download)
+              document_download, semantic_search)
+# Operations also offered at the system level ([base]/$name).
+SYSTEM_OPERATIONS = (semantic_search,)
 TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type")
 # Served from the resource table itself rather than from the parameter data.
@@ -70,6 +72,8 @@ def capability_statement() -> dict[str, Any]:
             "resource": [_resource(resource_type) for resource_type in sorted(resource_types())],
             "interaction": [{"code": code} for code in ("transaction", "batch", "search-system", "history-system")],
             "searchParam": list(COMMON_SEARCH_PARAMETERS),
+            "operation": [{"name": operation.NAME, "definition": operation.DEFINITION}
+                          for operation in SYSTEM_OPERATIONS],
         }],
     }
 

@@ -95,15 +95,10 @@ async def search(conn: psycopg.AsyncConnection, *, base_url: str, resource_type:
     """
     base_url = base_url.rstrip("/")
     options = _result_options(resource_type, compartment, query, strict)
-    parsed = _parse_filters(resource_type, options.types, query, strict, base_url)
+    parsed = filter_condition(resource_type, options.types, query, strict, base_url, restriction)
     condition = parsed.condition
     if compartment is not None:
         sql, args = compartment_condition(compartment.type, compartment.id, resource_type)
-        condition.add(sql, *args)
-    if restriction is not None and restriction.compartment is not None:
-        # Restricted in SQL, so paging and totals count only what the caller may see.
-        sql, args = compartment_condition(restriction.compartment.type, restriction.compartment.id, resource_type,
-                                          with_itself=True)
         condition.add(sql, *args)
     ignored = parsed.unknown + options.ignored
     if compartment is not None:
@@ -228,6 +223,18 @@ def _filters(query: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(name, value) for name, value in query if name.partition(":")[0] not in _OWN_PARAMETERS]
 
 
+def filter_condition(resource_type: str | None, types: list[str], query: list[tuple[str, str]], strict: bool,
+                     base_url: str, restriction: Restriction | None) -> ParsedQuery:
+    """The condition over `r` of the filter parameters and of what the caller may see (search and
+    $semantic-search alike): restricted in SQL, so paging and totals count only what the caller may see."""
+    parsed = _parse_filters(resource_type, types, query, strict, base_url)
+    if restriction is not None and restriction.compartment is not None:
+        sql, args = compartment_condition(restriction.compartment.type, restriction.compartment.id, resource_type,
+                                          with_itself=True)
+        parsed.condition.add(sql, *args)
+    return parsed
+
+
 def _parse_filters(resource_type: str | None, types: list[str], query: list[tuple[str, str]], strict: bool,
                    base_url: str) -> ParsedQuery:
     """The condition of the filter parameters; for `_type=A,B`, a resource matches by its own type's parameters.
@@ -290,7 +297,7 @@ def _result_options(resource_type: str | None, compartment: Compartment | None, 
         elif name == "_type":
             if resource_type is not None or compartment is not None:
                 raise invalid(name, "_type applies to a search across all types only")
-            options.types = _parse_types(value)
+            options.types = parse_types(value)
         elif name in ("_contained", "_containedType"):
             keep = _parse_contained(options, name, value, resource_type, strict)
         if keep:
@@ -312,7 +319,7 @@ def _parse_elements(options: ResultOptions, value: str) -> None:
             options.elements = (options.elements or set()) | {name}
 
 
-def _parse_types(value: str) -> list[str]:
+def parse_types(value: str) -> list[str]:
     types = [each.strip() for each in value.split(",") if each.strip()]
     unknown = [each for each in types if each not in resource_types()]
     if unknown or not types:

@@ -11,7 +11,7 @@ from psycopg.pq import TransactionStatus
 
 from fhir_server.errors import FHIRError, Issue
 from fhir_server.search.extract import INDEX_COLUMNS, extract_index
-from fhir_server.worker.side_effects import AFTER_WRITE
+from fhir_server.worker import side_effects
 
 # The index tables and their columns belong to the search package, which produces the rows.
 INDEX_TABLES = INDEX_COLUMNS
@@ -171,9 +171,10 @@ async def _write(conn: AsyncConnection, sql: str, stored: StoredResource, method
 
 async def _after_write(conn: AsyncConnection, resource_type: str, fhir_id: str, resource: dict[str, Any] | None,
                        previous: StoredResource | None) -> None:
-    """Run the side-effect hooks of `resource_type` (worker/side_effects.py) in the write's transaction."""
-    for hook in AFTER_WRITE.get(resource_type, ()):
-        await hook(conn, fhir_id, resource, previous.json() if previous is not None and not previous.deleted else None)
+    """Run the side-effect hooks of the write (worker/side_effects.py) in its transaction."""
+    before = previous.json() if previous is not None and not previous.deleted else None
+    for hook in side_effects.hooks(resource_type, resource, before):
+        await hook(conn, fhir_id, resource, before)
 
 
 async def _insert(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str, method: str,
@@ -195,7 +196,7 @@ async def create(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str |
 
     `base_url` is this server's base: references below it are indexed as the `Type/id` they stand for.
     """
-    hooks = AFTER_WRITE.get(resource["resourceType"])
+    hooks = side_effects.hooks(resource["resourceType"], resource, None)
     if hooks and conn.info.transaction_status == TransactionStatus.IDLE:
         # A plain create runs in autocommit; its side effects must commit with it (types without hooks
         # keep their single round trip).
@@ -205,7 +206,7 @@ async def create(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str |
     stored = await _insert(conn, resource, fhir_id, "POST", base_url)
     if stored is None:
         raise FHIRError.of(409, "duplicate", f"{resource['resourceType']}/{fhir_id} already exists")
-    for hook in hooks or ():
+    for hook in hooks:
         await hook(conn, fhir_id, resource, None)
     return stored
 

@@ -20,13 +20,20 @@ log = logging.getLogger(__name__)
 Job = Callable[[AsyncConnection, Settings, outbox.Row], Awaitable[None]]
 
 
+class Retry(Exception):
+    """Raised by a job that depends on a service unavailable now (an embedding API): the transaction rolls
+    back and Dramatiq runs the job again later, like after a database error."""
+
+
 def jobs() -> dict[str, Job]:
     """Outbox topic -> the job that does its work."""
+    from fhir_server.embeddings import index
     from fhir_server.messaging import threads
     from fhir_server.workflow import automation, overdue, recurrence
 
     return {overdue.TOPIC: overdue.flag, recurrence.TOPIC: recurrence.instantiate,
-            automation.TOPIC: automation.execute, threads.AUTO_REPLY_TOPIC: threads.auto_reply}
+            automation.TOPIC: automation.execute, threads.AUTO_REPLY_TOPIC: threads.auto_reply,
+            index.TOPIC: index.embed}
 
 
 def handler(job: Job) -> Callable[[Runtime, int], None]:
@@ -45,7 +52,7 @@ async def _run(runtime: Runtime, job: Job, outbox_id: int) -> None:
             # Settled first: the job may schedule the next unit of the same resource (a recurrence).
             await outbox.settle(conn, row.id, "done", count_attempt=True)
             await job(conn, runtime.settings, row)
-    except psycopg.OperationalError:
+    except (psycopg.OperationalError, Retry):
         raise
     except Exception as error:
         log.exception("outbox job %s failed", outbox_id)
