@@ -52,8 +52,10 @@ class OpenAIProvider:
             try:
                 response = self.client.embeddings.create(model=self.name, input=texts[start:start + OPENAI_BATCH],
                                                          dimensions=self.dimensions, encoding_format="float")
-            except openai.APIError as error:
-                raise EmbeddingUnavailable(f"{type(error).__name__}: {getattr(error, 'message', error)}") from None
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as error:
+                raise EmbeddingUnavailable(f"{type(error).__name__}: {error}") from None
+            except openai.APIError as error:  # a refusal (bad key, unknown model): no use trying again
+                raise ValueError(f"{type(error).__name__}: {error}") from None
             for item in sorted(response.data, key=lambda item: item.index):
                 if len(item.embedding) != self.dimensions:
                     raise ValueError(f"{self.model} returned {len(item.embedding)} dimensions, the column has "
