@@ -1,6 +1,7 @@
 """What writes of Binary and DocumentReference do, on every path (HTTP, Bundle entries, import).
 
-A Binary's base64 `data` goes to the object store and the resource keeps the content hash instead; a hash the
+A Binary's base64 `data` goes to the object store and the resource keeps the content hash instead (inline
+`data` of a DocumentReference attachment becomes such a Binary, which the attachment's `url` names); a hash the
 client sends must be one this request uploaded or the one the Binary already has (so nobody can point a
 Binary at an object they never had). DocumentReference attachments that name a stored Binary get
 `size`, `hash` (SHA-1) and the SHA-256 extension from the server.
@@ -75,9 +76,27 @@ async def _require_stored_signature(sha256: str, media: str) -> None:
     require_signature(media, first[:SNIFF_BYTES])
 
 
+def inline_attachments(resource: dict[str, Any]) -> bool:
+    """Whether a DocumentReference carries bytes inline, which its write moves to a Binary (in its transaction)."""
+    return resource.get("resourceType") == "DocumentReference" and any(
+        isinstance(item, dict) and isinstance(item.get("attachment"), dict) and "data" in item["attachment"]
+        for item in resource.get("content") or ())
+
+
+async def _move_inline(conn: AsyncConnection, attachment: dict[str, Any]) -> None:
+    """Inline bytes become a Binary of their own (checked like any upload); the attachment then points at it."""
+    binary = {"resourceType": "Binary", "contentType": attachment.get("contentType") or "",
+              "data": attachment.pop("data")}
+    await _binary(conn, binary, None)
+    stored = await repository.create(conn, binary)
+    attachment["url"] = f"Binary/{stored.fhir_id}"
+
+
 async def _document_reference(conn: AsyncConnection, document: dict[str, Any], base_url: str | None) -> None:
     for item in document.get("content") or ():
         attachment = item.get("attachment") if isinstance(item, dict) else None
+        if isinstance(attachment, dict) and "data" in attachment:
+            await _move_inline(conn, attachment)
         binary = await attachment_binary(conn, attachment, base_url)
         if binary is None:
             continue

@@ -4,6 +4,7 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 
 from fhir_server import identity, workflow
+from fhir_server.documents.hooks import inline_attachments
 from fhir_server.errors import FHIRError
 from fhir_server.identity.replaced import referenced_patients
 from fhir_server.interactions.common import matches_locked, parse_condition, require_resource
@@ -14,9 +15,11 @@ from fhir_server.storage import repository
 async def create(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     """Create; `req.assigned_id` is set by a transaction that assigned the id of a `urn:uuid:` entry."""
     resource = require_resource(req.body, req.resource_type)
-    if conn.info.transaction_status == TransactionStatus.IDLE and referenced_patients(resource, req.base_url):
-        # The merged-away check holds a lock until the commit (identity/replaced.py); other creates keep
-        # their single autocommit statement.
+    if conn.info.transaction_status == TransactionStatus.IDLE and (
+            referenced_patients(resource, req.base_url) or inline_attachments(resource)):
+        # The merged-away check holds a lock until the commit (identity/replaced.py), and inline attachment
+        # bytes become a Binary that must commit with the resource; other creates keep their single
+        # autocommit statement.
         async with conn.transaction():
             return await create(conn, req)
     condition = req.header("if-none-exist")
