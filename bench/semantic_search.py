@@ -118,13 +118,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--database-url", help="a database this script filled before (skips the fill)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-semantic-") as directory:
-        embedded = EmbeddedPostgres(Path(directory) / "pg")
-        url = embedded.start()
+        embedded = None if args.database_url else EmbeddedPostgres(Path(directory) / "pg")
+        url = args.database_url or embedded.start()
         try:
-            migrate(url)
-            fill(url, args.chunks)
+            if embedded is not None:
+                migrate(url)
+                fill(url, args.chunks)
             port = free_port()
             env = {**os.environ, "FHIR_DATABASE_URL": url, "FHIR_BACKGROUND": "off", "FHIR_EMBEDDINGS": "hashed"}
             server = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "serve", "--host", "127.0.0.1",
@@ -149,7 +151,8 @@ def main() -> None:
                 server.terminate()
                 server.wait(10)
         finally:
-            embedded.stop()
+            if embedded is not None:
+                embedded.stop()
 
 
 if __name__ == "__main__":
