@@ -288,5 +288,23 @@ def storage_gc(
     typer.echo(f"removed: {collection.removed} objects ({collection.removed_bytes} bytes)  kept: {collection.kept}")
 
 
+embeddings = typer.Typer(help="The embeddings behind $semantic-search.", no_args_is_help=True)
+app.add_typer(embeddings, name="embeddings")
+
+
+@embeddings.command("reindex")
+def embeddings_reindex(data_dir: DataDir = None) -> None:
+    """Schedule re-embedding of every resource not embedded with the configured provider (after changing it)."""
+    from fhir_server.embeddings.index import schedule_reembedding
+    from fhir_server.embeddings.providers import model_name
+
+    model = model_name(get_settings())
+    if model is None:
+        typer.echo("error: embeddings are off (FHIR_EMBEDDINGS=off)", err=True)
+        raise typer.Exit(2)
+    scheduled = _on_database(data_dir, lambda conn: schedule_reembedding(conn, model))
+    typer.echo(f"scheduled {scheduled} resources for embedding with {model}")
+
+
 if __name__ == "__main__":
     app()

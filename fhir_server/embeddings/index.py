@@ -58,6 +58,21 @@ async def schedule_patient(conn: AsyncConnection, patient: str) -> None:
         (TOPIC, TARGET, PRIORITY, patient, patient, patient))
 
 
+async def schedule_reembedding(conn: AsyncConnection, model: str) -> int:
+    """Schedule every current resource whose chunks are of another model than `model`, or that may have text
+    and has no chunks (after a change of provider or a restore); returns how many were scheduled."""
+    cursor = await conn.execute(
+        "INSERT INTO outbox (topic, resource_type, fhir_id, target, priority, due_at) "
+        "SELECT %s, r.resource_type, r.fhir_id, %s, %s, now() FROM resource r WHERE NOT r.deleted AND ("
+        "  EXISTS (SELECT 1 FROM embedding_chunk c WHERE c.resource_id = r.id AND c.model <> %s)"
+        "  OR (NOT EXISTS (SELECT 1 FROM embedding_chunk c WHERE c.resource_id = r.id)"
+        "      AND (r.resource_type = ANY(%s) OR convert_from(r.content, 'UTF8')::jsonb ? 'text'))) "
+        "ON CONFLICT (topic, resource_type, fhir_id, target) WHERE state IN ('pending', 'queued', 'sending') "
+        "DO NOTHING",
+        (TOPIC, TARGET, PRIORITY, model, sorted(sources.PROSE_ELEMENTS)))
+    return cursor.rowcount
+
+
 def _patient_parameters(resource_type: str) -> tuple[list[str], bool]:
     """The reference parameters that put a resource of the type in a Patient compartment, and whether it is one."""
     params = compartments()["Patient"].get(resource_type, ())

@@ -15,7 +15,7 @@ _BLOCKS = frozenset({"p", "div", "br", "li", "tr", "td", "th", "h1", "h2", "h3",
 
 # The element whose presence means a resource of the type has prose besides its narrative (DocumentReference
 # content is required, and holds the attachments).
-_PROSE_ELEMENTS = {"Communication": "payload", "DocumentReference": "content", "QuestionnaireResponse": "item"}
+PROSE_ELEMENTS = {"Communication": "payload", "DocumentReference": "content", "QuestionnaireResponse": "item"}
 
 
 class _Narrative(HTMLParser):
@@ -47,7 +47,7 @@ def has_text(resource: dict[str, Any] | None) -> bool:
         return False
     if isinstance(resource.get("text"), dict) and resource["text"].get("div"):
         return True
-    field = _PROSE_ELEMENTS.get(resource.get("resourceType"))
+    field = PROSE_ELEMENTS.get(resource.get("resourceType"))
     return field is not None and bool(resource.get(field))
 
 

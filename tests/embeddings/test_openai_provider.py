@@ -1,6 +1,9 @@
 """FHIR_EMBEDDINGS=openai: the real `openai` client against a local OpenAI-compatible server, end to end."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -54,3 +57,22 @@ async def test_a_refused_key_dead_letters_without_showing_the_key(background_app
         state, error = db.execute("SELECT state, last_error FROM outbox WHERE fhir_id = %s", (knee,)).fetchone()
         assert state == "dead" and "401" in error and "sk-wrong-key-123" not in error
         assert chunks(db, "Communication", knee) == []
+
+
+async def test_changing_provider_and_reindexing(background_app, openai_fake, db, database_url: str) -> None:
+    async with background_app() as (_, client):
+        knee = (await client.post("/fhir/Communication", json=communication("p1", KNEE))).json()["id"]
+        await settled(db, "Communication", knee)
+    assert chunks(db, "Communication", knee)[0][1] == "hashed-v1-384"
+
+    env = {**os.environ, "FHIR_DATABASE_URL": database_url, **openai_env(openai_fake)}
+    done = subprocess.run([sys.executable, "-m", "fhir_server.cli", "embeddings", "reindex"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "scheduled 1 resources for embedding with openai:text-embedding-3-small"
+    async with background_app(**openai_env(openai_fake)) as (_, client):
+        # Until the worker is done, the search reads only vectors of the configured model: never a mix.
+        await settled(db, "Communication", knee)
+        assert chunks(db, "Communication", knee) == [(1, "openai:text-embedding-3-small", KNEE, ["p1"])]
+        found = await client.get("/fhir/$semantic-search", params={"query": "knee meniscus"})
+        assert hits(found.json()) == [f"Communication/{knee}"]
