@@ -9,7 +9,9 @@ import json
 import math
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.local_http import LocalAPI
 
 API_KEY = "sk-test-embeddings-key"
 
@@ -23,47 +25,21 @@ def embedding(text: str, dimensions: int) -> list[float]:
     return [value / norm for value in vector]
 
 
-class FakeOpenAI:
+class FakeOpenAI(LocalAPI):
+    path_prefix = "/v1"
+
     def __init__(self) -> None:
         self.requests: list[dict] = []
         self.authorizations: list[str | None] = []
         self.failures: list[int] = []
         self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                fake._handle(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self) -> "FakeOpenAI":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
             self.authorizations.clear()
             self.failures.clear()
-
-    def _answer(self, handler: BaseHTTPRequestHandler, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         body = json.loads(handler.rfile.read(int(handler.headers.get("Content-Length") or 0)))

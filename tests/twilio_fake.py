@@ -1,18 +1,19 @@
 """A local HTTP server that speaks Twilio's Messages API, for the real `twilio` client to talk to."""
 
 import base64
-import json
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl
+
+from tests.local_http import LocalAPI
 
 ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "test-auth-token"
 
 
-class FakeTwilio:
+class FakeTwilio(LocalAPI):
     """POST /2010-04-01/Accounts/{sid}/Messages.json with basic auth; answers like Twilio (201 + sid/status).
 
     `failures` are HTTP statuses to answer, one per request, before succeeding; `hang` makes the next
@@ -26,28 +27,11 @@ class FakeTwilio:
         self.hang = False
         self._released = threading.Event()
         self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                fake._handle(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self) -> "FakeTwilio":
-        self.thread.start()
-        return self
+        super().__init__()
 
     def stop(self) -> None:
         self.release()
-        self.server.shutdown()
-        self.server.server_close()
+        super().stop()
 
     def reset(self) -> None:
         with self._lock:
@@ -88,15 +72,3 @@ class FakeTwilio:
             "api_version": "2010-04-01", "date_created": time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime()),
             "uri": f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{sid}.json",
         })
-
-    @staticmethod
-    def _answer(handler: BaseHTTPRequestHandler, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        try:
-            handler.send_response(status)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(data)))
-            handler.end_headers()
-            handler.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client (a killed worker) has gone
