@@ -44,12 +44,13 @@ async def consent_written(conn: AsyncConnection, fhir_id: str, resource: dict[st
     from fhir_server.embeddings.index import schedule_patient
 
     patient = denied_patient(resource)
-    if patient is not None:
-        await conn.execute("INSERT INTO embedding_consent (consent_id, patient) VALUES (%s, %s) "
-                           "ON CONFLICT (consent_id) DO UPDATE SET patient = excluded.patient", (fhir_id, patient))
-        await conn.execute("DELETE FROM embedding_chunk WHERE patients @> ARRAY[%s]", (patient,))
+    # First what this Consent no longer denies (withdrawn, or now about another patient), then what it does.
     withdrawn = await (await conn.execute(
         "DELETE FROM embedding_consent WHERE consent_id = %s AND patient IS DISTINCT FROM %s RETURNING patient",
         (fhir_id, patient))).fetchone()
+    if patient is not None:
+        await conn.execute("INSERT INTO embedding_consent (consent_id, patient) VALUES (%s, %s) "
+                           "ON CONFLICT (consent_id) DO NOTHING", (fhir_id, patient))
+        await conn.execute("DELETE FROM embedding_chunk WHERE patients @> ARRAY[%s]", (patient,))
     if withdrawn is not None:
         await schedule_patient(conn, withdrawn[0])
