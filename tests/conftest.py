@@ -25,6 +25,8 @@ TABLES = ("resource_version", "resource", "search_string", "search_token", "sear
 # Servers started for other tests leave the outbox alone; tests of background work start their own workers
 # with the settings they need (`background_app`, `worker_process` below).
 os.environ.setdefault("FHIR_BACKGROUND", "off")
+# Likewise embedding (outbox work on every write of a resource with text): the embedding tests turn it on.
+os.environ.setdefault("FHIR_EMBEDDINGS", "off")
 
 
 @pytest.fixture(scope="session")

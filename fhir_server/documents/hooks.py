@@ -83,10 +83,15 @@ def inline_attachments(resource: dict[str, Any]) -> bool:
         for item in resource.get("content") or ())
 
 
-async def _move_inline(conn: AsyncConnection, attachment: dict[str, Any]) -> None:
-    """Inline bytes become a Binary of their own (checked like any upload); the attachment then points at it."""
-    binary = {"resourceType": "Binary", "contentType": attachment.get("contentType") or "",
-              "data": attachment.pop("data")}
+async def _move_inline(conn: AsyncConnection, attachment: dict[str, Any], subject: Any) -> None:
+    """Inline bytes become a Binary of their own (checked like any upload); the attachment then points at it.
+
+    The document's subject becomes the Binary's securityContext, so that whoever may read that subject's
+    data may read the bytes directly, as with $download."""
+    binary: dict[str, Any] = {"resourceType": "Binary", "contentType": attachment.get("contentType") or "",
+                              "data": attachment.pop("data")}
+    if isinstance(subject, dict) and isinstance(subject.get("reference"), str):
+        binary["securityContext"] = {"reference": subject["reference"]}
     await _binary(conn, binary, None)
     stored = await repository.create(conn, binary)
     attachment["url"] = f"Binary/{stored.fhir_id}"
@@ -96,7 +101,7 @@ async def _document_reference(conn: AsyncConnection, document: dict[str, Any], b
     for item in document.get("content") or ():
         attachment = item.get("attachment") if isinstance(item, dict) else None
         if isinstance(attachment, dict) and "data" in attachment:
-            await _move_inline(conn, attachment)
+            await _move_inline(conn, attachment, document.get("subject"))
         binary = await attachment_binary(conn, attachment, base_url)
         if binary is None:
             continue

@@ -10,7 +10,7 @@ from tests.documents.samples import PNG, TEXT
 
 
 def inline(data: bytes, content_type: str) -> dict:
-    return {"resourceType": "DocumentReference", "status": "current",
+    return {"resourceType": "DocumentReference", "status": "current", "subject": {"reference": "Patient/p1"},
             "content": [{"attachment": {"contentType": content_type, "title": "letter.txt",
                                         "data": base64.b64encode(data).decode()}}]}
 
@@ -35,6 +35,8 @@ async def test_inline_data_becomes_a_binary_in_the_store(configured_client, stor
             assert download.status_code == 200 and download.content == TEXT
         binary = await client.get(f"/{attachment['url']}", headers={"Accept": "text/plain"})
         assert binary.status_code == 200 and binary.content == TEXT
+        binary = await client.get(f"/{attachment['url']}", headers={"Accept": "application/fhir+json"})
+        assert binary.json()["securityContext"] == {"reference": "Patient/p1"}
 
         document_id, first_url = response.json()["id"], attachment["url"]
         replaced = {**inline(PNG, "image/png"), "id": document_id}

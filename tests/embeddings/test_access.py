@@ -24,7 +24,7 @@ async def created(client: httpx.AsyncClient, resource: dict, headers: dict | Non
 
 @pytest.fixture
 async def smart(configured_client):
-    async with configured_client(FHIR_AUTH="smart", FHIR_BACKGROUND="in-process", FHIR_WORKER_THREADS="2",
+    async with configured_client(FHIR_AUTH="smart", FHIR_EMBEDDINGS="hashed", FHIR_BACKGROUND="in-process", FHIR_WORKER_THREADS="2",
                                  FHIR_OUTBOX_POLL_SECONDS="0.2") as client:
         yield client
 
@@ -58,7 +58,7 @@ async def test_scopes_and_compartment_limit_results(smart, aconn, db) -> None:  
 
 
 async def test_consent_denying_ai_processing(background_app, db) -> None:
-    async with background_app() as (_, client):
+    async with background_app(FHIR_EMBEDDINGS="hashed") as (_, client):
         ann = (await client.post("/fhir/Patient", json={"resourceType": "Patient"})).json()["id"]
         bob = (await client.post("/fhir/Patient", json={"resourceType": "Patient"})).json()["id"]
         before = (await client.post("/fhir/Communication", json=communication(ann, KNEE))).json()["id"]
@@ -93,7 +93,7 @@ async def test_consent_denying_ai_processing(background_app, db) -> None:
 
 
 async def test_a_consent_that_permits_or_concerns_other_purposes_changes_nothing(background_app, db) -> None:
-    async with background_app() as (_, client):
+    async with background_app(FHIR_EMBEDDINGS="hashed") as (_, client):
         ann = (await client.post("/fhir/Patient", json={"resourceType": "Patient"})).json()["id"]
         note = (await client.post("/fhir/Communication", json=communication(ann, KNEE))).json()["id"]
         await settled(db, "Communication", note)

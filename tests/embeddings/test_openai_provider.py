@@ -60,7 +60,7 @@ async def test_a_refused_key_dead_letters_without_showing_the_key(background_app
 
 
 async def test_changing_provider_and_reindexing(background_app, openai_fake, db, database_url: str) -> None:
-    async with background_app() as (_, client):
+    async with background_app(FHIR_EMBEDDINGS="hashed") as (_, client):
         knee = (await client.post("/fhir/Communication", json=communication("p1", KNEE))).json()["id"]
         await settled(db, "Communication", knee)
     assert chunks(db, "Communication", knee)[0][1] == "hashed-v1-384"

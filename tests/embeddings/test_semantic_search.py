@@ -48,7 +48,7 @@ async def search(client, path: str = "/fhir/$semantic-search", **query: str) -> 
 
 @pytest.fixture
 def app_env(tmp_path: Path) -> dict[str, str]:
-    return {"FHIR_DOCUMENT_DIR": str(tmp_path / "documents")}
+    return {"FHIR_DOCUMENT_DIR": str(tmp_path / "documents"), "FHIR_EMBEDDINGS": "hashed"}
 
 
 async def test_sources_are_chunked_embedded_and_found(background_app, app_env, db) -> None:
