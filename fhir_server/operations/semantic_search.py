@@ -55,7 +55,7 @@ def _query(req: FHIRRequest) -> list[tuple[str, str]]:
 
 def _any_word(text: str) -> str:
     """A to_tsquery text matching any word of `text` (stop words are dropped by PostgreSQL)."""
-    return " | ".join(f"'{word}'" for word in dict.fromkeys(_WORD.findall(text.lower()))) or "''"
+    return " | ".join(f"'{word}'" for word in dict.fromkeys(_WORD.findall(text.lower())))
 
 
 def _one(pairs: list[tuple[str, str]], name: str) -> str | None:

@@ -106,6 +106,9 @@ async def test_sources_are_chunked_embedded_and_found(background_app, app_env, d
         assert all(hit.startswith("DocumentReference/") for hit in by_type)
         assert hits(await search(client, "/fhir/DocumentReference/$semantic-search", query="pneumonia",
                                  patient=f"Patient/{ann}")) == []
+        # Queries of no words or stop words only have no keyword matches, only vector ones (maybe none).
+        for query in ("???", "the of and"):
+            assert (await client.get("/fhir/$semantic-search", params={"query": query})).status_code == 200
         response = await client.post("/fhir/$semantic-search", json={"resourceType": "Parameters", "parameter": [
             {"name": "query", "valueString": "torn meniscus"}, {"name": "_count", "valueInteger": 1}]})
         assert response.status_code == 200 and hits(response.json()) == [f"Communication/{knee}"]
