@@ -1,5 +1,5 @@
 """The `fhir-server` command: serve, worker, migrate, import, version, capability-statement, clients, users,
-storage."""
+tenants, storage."""
 
 import asyncio
 import ipaddress
@@ -22,6 +22,8 @@ app = typer.Typer(help="FHIR R4 server on PostgreSQL.", no_args_is_help=True, ad
 
 DataDir = Annotated[Optional[Path], typer.Option(help="Where the embedded PostgreSQL keeps its data "
                                                       "(used when FHIR_DATABASE_URL is unset).")]
+TenantName = Annotated[Optional[str], typer.Option("--tenant", help="The tenant to work in (required with "
+                                                                    "FHIR_TENANCY=url; see `fhir-server tenants`).")]
 
 
 class Database:
@@ -111,7 +113,7 @@ def worker(
 
 @app.command()
 def migrate(data_dir: DataDir = None) -> None:
-    """Apply the database migrations and exit."""
+    """Apply the database migrations (to every tenant's schema too) and exit."""
     with Database(data_dir):
         typer.echo("database schema is up to date")
 
@@ -119,13 +121,19 @@ def migrate(data_dir: DataDir = None) -> None:
 @app.command(name="import")
 def import_(
     paths: Annotated[list[Path], typer.Argument(help="Bundles (.json) or one resource per line (.ndjson).")],
+    tenant: TenantName = None,
     data_dir: DataDir = None,
 ) -> None:
     """Load resources: transaction/batch Bundles run as such; other resources are created or updated by id."""
     from fhir_server.importer import import_files
 
+    _require_tenant(tenant)
     with Database(data_dir) as url:
-        summary = asyncio.run(import_files(url, paths))
+        try:
+            summary = asyncio.run(import_files(url, paths, tenant))
+        except ValueError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
     typer.echo(f"created: {summary.created}  updated: {summary.updated}  failed: {len(summary.failures)}")
     for where, reason in summary.failures:
         typer.echo(f"  {where}: {reason}", err=True)
@@ -159,12 +167,30 @@ class ClientType(str, Enum):
     confidential_asymmetric = "confidential-asymmetric"
 
 
-def _on_database(data_dir: Path | None, work: Callable[[Any], Awaitable[Any]]) -> Any:
-    """Run `work(connection)` against the configured (or embedded) database; a ValueError exits with 1."""
+def _require_tenant(tenant: str | None) -> None:
+    if tenant is None and get_settings().tenancy == "url":
+        typer.echo("error: FHIR_TENANCY=url: name the tenant with --tenant", err=True)
+        raise typer.Exit(2)
+
+
+def _on_database(data_dir: Path | None, work: Callable[[Any], Awaitable[Any]], tenant: str | None = None, *,
+                 tenant_data: bool = True) -> Any:
+    """Run `work(connection)` against the configured (or embedded) database, in `tenant`'s schema if given
+    (required with FHIR_TENANCY=url when the work touches `tenant_data`); a ValueError exits with 1."""
     import psycopg
+
+    from fhir_server.storage import tenants
+
+    if tenant_data:
+        _require_tenant(tenant)
 
     async def run(url: str) -> Any:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            if tenant is not None:
+                found = await tenants.find(conn, tenant)
+                if found is None or not await tenants.use_schema(conn, found.schema):
+                    raise ValueError(f"no tenant {tenant!r}")
+                tenants.current.set(found)
             return await work(conn)
 
     with Database(data_dir) as url:
@@ -187,6 +213,7 @@ def clients_add(
     pre_approved_user: Annotated[Optional[str], typer.Option(
         help="Skip login and consent: every authorization is granted as this user (for automated tests).")] = None,
     client_id: Annotated[Optional[str], typer.Option(help="Use this client_id instead of a random one.")] = None,
+    tenant: TenantName = None,
     data_dir: DataDir = None,
 ) -> None:
     """Register a client; prints its client_id (and, for confidential-symmetric clients, its secret, once)."""
@@ -195,7 +222,7 @@ def clients_add(
     jwks = json.loads(jwks_file.read_text()) if jwks_file else None
     client, secret = _on_database(data_dir, lambda conn: add_client(
         conn, name, client_type.value, redirect_uri or [], scope.split(), jwks, jwks_uri, pre_approved_user,
-        client_id))
+        client_id), tenant)
     typer.echo(f"client_id: {client.client_id}")
     if secret is not None:
         typer.echo(f"client_secret: {secret}")
@@ -203,22 +230,23 @@ def clients_add(
 
 
 @clients.command("list")
-def clients_list(data_dir: DataDir = None) -> None:
+def clients_list(tenant: TenantName = None, data_dir: DataDir = None) -> None:
     """List the registered clients (secrets are never shown)."""
     from fhir_server.auth.registry import list_clients
 
-    for client in _on_database(data_dir, list_clients):
+    for client in _on_database(data_dir, list_clients, tenant):
         extra = f"  pre-approved-user={client.pre_approved_user}" if client.pre_approved_user else ""
         typer.echo(f"{client.client_id}  {client.client_type}  {client.name!r}  scope={' '.join(client.scopes)!r}"
                    f"  redirect-uris={','.join(client.redirect_uris) or '-'}{extra}")
 
 
 @clients.command("remove")
-def clients_remove(client_id: Annotated[str, typer.Argument()], data_dir: DataDir = None) -> None:
+def clients_remove(client_id: Annotated[str, typer.Argument()], tenant: TenantName = None,
+                   data_dir: DataDir = None) -> None:
     """Remove a client with its codes and refresh tokens (its access tokens expire on their own)."""
     from fhir_server.auth.registry import remove_client
 
-    if not _on_database(data_dir, lambda conn: remove_client(conn, client_id)):
+    if not _on_database(data_dir, lambda conn: remove_client(conn, client_id), tenant):
         typer.echo(f"error: no client {client_id!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"removed client {client_id}")
@@ -232,37 +260,86 @@ def users_add(
     fhir_user: Annotated[Optional[str], typer.Option(help="The user's FHIR resource, e.g. Practitioner/123.")] = None,
     patient: Annotated[Optional[str], typer.Option(help="Bind the user to this Patient id: every launch gets "
                                                         "this patient, without a picker.")] = None,
+    tenant: TenantName = None,
     data_dir: DataDir = None,
 ) -> None:
     """Add a user (the password is stored as an argon2 hash)."""
     from fhir_server.auth.registry import add_user
 
+    _require_tenant(tenant)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    user = _on_database(data_dir, lambda conn: add_user(conn, name, password, fhir_user, patient))
+    user = _on_database(data_dir, lambda conn: add_user(conn, name, password, fhir_user, patient), tenant)
     typer.echo(f"added user {user.username}")
 
 
 @users.command("list")
-def users_list(data_dir: DataDir = None) -> None:
+def users_list(tenant: TenantName = None, data_dir: DataDir = None) -> None:
     """List the users (passwords are never shown)."""
     from fhir_server.auth.registry import list_users
 
-    for user in _on_database(data_dir, list_users):
+    for user in _on_database(data_dir, list_users, tenant):
         typer.echo(f"{user.username}  fhir-user={user.fhir_user or '-'}  patient={user.patient or '-'}")
 
 
 @users.command("remove")
-def users_remove(name: Annotated[str, typer.Argument()], data_dir: DataDir = None) -> None:
+def users_remove(name: Annotated[str, typer.Argument()], tenant: TenantName = None, data_dir: DataDir = None) -> None:
     """Remove a user with their refresh tokens."""
     from fhir_server.auth.registry import remove_user
 
-    if not _on_database(data_dir, lambda conn: remove_user(conn, name)):
+    if not _on_database(data_dir, lambda conn: remove_user(conn, name), tenant):
         typer.echo(f"error: no user {name!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"removed user {name}")
+
+
+tenants_app = typer.Typer(help="Tenants (FHIR_TENANCY=url): each is served at /fhir/NAME from its own schema.",
+                          no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
+
+
+@tenants_app.command("add")
+def tenants_add(name: Annotated[str, typer.Argument(help="1-63 of a-z, 0-9 and '-'.")], data_dir: DataDir = None
+                ) -> None:
+    """Create a tenant: its schema with every table, migrated to the newest revision."""
+    from fhir_server.storage.database import add_tenant
+
+    with Database(data_dir) as url:
+        try:
+            tenant = add_tenant(url, name)
+        except ValueError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"added tenant {tenant.name} (schema {tenant.schema})")
+
+
+@tenants_app.command("list")
+def tenants_list(data_dir: DataDir = None) -> None:
+    """List the tenants and their schemas."""
+    from fhir_server.storage import tenants
+
+    for tenant in _on_database(data_dir, tenants.all_tenants, tenant_data=False):
+        typer.echo(f"{tenant.name}  schema={tenant.schema}")
+
+
+@tenants_app.command("remove")
+def tenants_remove(name: Annotated[str, typer.Argument()],
+                   yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+                   data_dir: DataDir = None) -> None:
+    """Remove a tenant and ALL its data (its schema is dropped; document bytes stay until removed from the
+    store's tenant area)."""
+    from fhir_server.storage.database import remove_tenant
+
+    if not yes:
+        typer.confirm(f"Remove tenant {name} and all its data?", abort=True)
+    with Database(data_dir) as url:
+        tenant = remove_tenant(url, name)
+    if tenant is None:
+        typer.echo(f"error: no tenant {name!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"removed tenant {name} (schema {tenant.schema} dropped)")
 
 
 storage = typer.Typer(help="The object store that holds document bytes (S3 or the filesystem).", no_args_is_help=True)
@@ -272,6 +349,7 @@ app.add_typer(storage, name="storage")
 @storage.command("gc")
 def storage_gc(
     grace_hours: Annotated[float, typer.Option(help="Spare objects written or referenced this recently.")] = 24,
+    tenant: TenantName = None,
     data_dir: DataDir = None,
 ) -> None:
     """Remove stored objects that no version of any Binary or DocumentReference references."""
@@ -284,7 +362,7 @@ def storage_gc(
         typer.echo("error: --grace-hours must not be negative", err=True)
         raise typer.Exit(2)
     collection = _on_database(data_dir, lambda conn: collect_garbage(conn, object_store(get_settings()),
-                                                                     timedelta(hours=grace_hours)))
+                                                                     timedelta(hours=grace_hours)), tenant)
     typer.echo(f"removed: {collection.removed} objects ({collection.removed_bytes} bytes)  kept: {collection.kept}")
 
 

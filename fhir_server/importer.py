@@ -12,6 +12,7 @@ from psycopg import AsyncConnection
 from fhir_server.errors import FHIRError
 from fhir_server.interactions import create, transaction, update
 from fhir_server.request import FHIRRequest
+from fhir_server.storage import tenants
 from fhir_server.storage.database import create_pool
 
 BASE_URL = "urn:fhir-server:import"
@@ -84,14 +85,20 @@ async def _import_one(conn: AsyncConnection, document: Any, where: str, summary:
         summary.updated += 1
 
 
-async def import_files(database_url: str, paths: list[Path]) -> ImportSummary:
+async def import_files(database_url: str, paths: list[Path], tenant: str | None = None) -> ImportSummary:
+    """Import into the default schema, or into `tenant` (ValueError if there is no such tenant)."""
     from fhir_server.search.parameters import search_parameters
 
     search_parameters()
     summary = ImportSummary()
-    pool = create_pool(database_url, 2)
+    pool = create_pool(database_url, 2, "none" if tenant is None else "url")
     await pool.open(wait=True)
     try:
+        if tenant is not None:
+            try:
+                tenants.current.set(await pool.resolve(tenant))
+            except tenants.UnknownTenant:
+                raise ValueError(f"no tenant {tenant!r}") from None
         async with pool.connection() as conn:
             with typer.progressbar(paths, label="importing", file=None) as progress:
                 for path in progress:

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     """PostgreSQL (with pgvector) to use; unset means an embedded server in `data_dir`."""
     data_dir: Path = Path(".fhir-data")
     base_path: str = "/fhir"
+
+    # Tenants: `url` serves each tenant at base_path/{tenant}, in its own database schema
+    # (`fhir-server tenants add NAME`); `none` is one implicit tenant at base_path.
+    tenancy: Literal["none", "url"] = "none"
+
     max_body_bytes: int = 32 * 1024 * 1024
     max_bundle_entries: int = 10_000
     default_page_size: int = 20

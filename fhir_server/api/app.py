@@ -25,6 +25,7 @@ from fhir_server.router import parse_target, route
 from fhir_server.search.parameters import search_parameters
 from fhir_server.search.reindex import load_stored_search_parameters
 from fhir_server.settings import Settings, get_settings
+from fhir_server.storage import tenants
 from fhir_server.storage.database import create_pool
 from fhir_server.validation import validate_resource
 from fhir_server.worker.runtime import BackgroundWork, in_process
@@ -34,6 +35,8 @@ log = logging.getLogger("fhir_server")
 JSON_TYPES = frozenset({"application/fhir+json", "application/json", "json", "application/json+fhir"})
 ACCEPTABLE = JSON_TYPES | {"*/*", "application/*"}
 PRESENTATION_PARAMETERS = frozenset({"_format", "_pretty"})
+# Below a tenant's base, the first segments served by the FastAPI routes rather than the FHIR API.
+TENANT_APP_ROUTES = frozenset({".well-known", "auth", "twilio"})
 WRITE_HANDLERS = frozenset({create.create, update.update, update.conditional_update, patch.patch})
 
 
@@ -95,7 +98,8 @@ def _parse_body(req: FHIRRequest, content_type: str, raw: bytes) -> Any:
 
 
 def _base_url(request: Request, settings: Settings) -> str:
-    return f"{request.url.scheme}://{request.headers.get('host') or request.url.netloc}{settings.base_path}"
+    return f"{request.url.scheme}://{request.headers.get('host') or request.url.netloc}" \
+           f"{tenants.base_path(settings.base_path)}"
 
 
 def _render(req: FHIRRequest | None, outcome: Outcome, request: Request, write: bool) -> Response:
@@ -136,6 +140,7 @@ class FHIRApplication:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.base_path = settings.base_path
+        self.multi_tenant = settings.tenancy == "url"
         self.fastapi = FastAPI(title="fhir-server", lifespan=self.lifespan, docs_url=None, redoc_url=None,
                                openapi_url=None)
         self.fastapi.add_exception_handler(StarletteHTTPException, _http_error)
@@ -151,10 +156,15 @@ class FHIRApplication:
         search_parameters()
         validate_resource({"resourceType": "Patient"})
         capability_statement_bytes()
-        self.pool = create_pool(self.settings.database_url, self.settings.db_pool_size)
+        self.pool = create_pool(self.settings.database_url, self.settings.db_pool_size, self.settings.tenancy)
         await self.pool.open(wait=True)
-        async with self.pool.connection() as conn:  # custom SearchParameters stored on this server
-            await load_stored_search_parameters(conn)
+        for tenant in await self.pool.all_tenants() if self.multi_tenant else [None]:
+            selected = tenants.current.set(tenant)
+            try:
+                async with self.pool.connection() as conn:  # custom SearchParameters stored on this server
+                    await load_stored_search_parameters(conn)
+            finally:
+                tenants.current.reset(selected)
         if in_process(self.settings):  # the embedded default: this process also relays and delivers
             self.background = BackgroundWork(self.settings, self.pool)
             await self.background.start()
@@ -164,6 +174,9 @@ class FHIRApplication:
         await self.pool.close()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if self.multi_tenant and scope["type"] == "http":
+            await self._call_tenant(scope, receive, send)
+            return
         if scope["type"] == "http":
             path = scope["path"]
             if (path == self.base_path or path.startswith(self.base_path + "/")) \
@@ -173,6 +186,33 @@ class FHIRApplication:
                 await response(scope, receive, send)
                 return
         await self.fastapi(scope, receive, send)
+
+    async def _call_tenant(self, scope: dict, receive: Any, send: Any) -> None:
+        """FHIR_TENANCY=url: everything is below base/{tenant}; the tenant is selected for the whole request
+        (`tenants.current`, which scopes every connection) and its base is the root of the rest of the path."""
+        path = scope["path"]
+        name, _, rest = path[len(self.base_path) + 1:].partition("/") if path.startswith(self.base_path + "/") \
+            else ("", "", "")
+        try:
+            tenant = await self.pool.resolve(name) if name else None
+        except tenants.UnknownTenant:
+            tenant = None
+        if tenant is None:
+            message = f"No tenant {name!r} on this server" if name else \
+                f"This server has tenants: address one at {self.base_path}/{{tenant}}"
+            await Response(orjson.dumps(operation_outcome([Issue("not-found", message)])), 404,
+                           media_type=JSON_CONTENT_TYPE)(scope, receive, send)
+            return
+        selected = tenants.current.set(tenant)
+        try:
+            root = f"{self.base_path}/{name}"
+            if rest.split("/", 1)[0] in TENANT_APP_ROUTES:  # the authorization server and webhooks
+                await self.fastapi({**scope, "root_path": scope.get("root_path", "") + root}, receive, send)
+                return
+            response = await self.handle(Request(scope, receive), path[len(root):])
+            await response(scope, receive, send)
+        finally:
+            tenants.current.reset(selected)
 
     async def handle(self, request: Request, path: str) -> Response:
         req = None

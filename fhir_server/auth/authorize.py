@@ -86,7 +86,7 @@ async def authorize(request: Request, app: AuthHost) -> Response:
         csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
         form_token = await _form_token(conn, app, urls, "login", csrf, pending)
     response = login_page(urls.at("authorize/login"), form_token, client.name)
-    response.set_cookie(CSRF_COOKIE, csrf, max_age=FORM_TOKEN_LIFETIME, path="/auth/authorize", httponly=True,
+    response.set_cookie(CSRF_COOKIE, csrf, max_age=FORM_TOKEN_LIFETIME, path=urls.path("authorize"), httponly=True,
                         samesite="lax", secure=request.url.scheme == "https")
     return response
 

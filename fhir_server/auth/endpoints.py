@@ -3,10 +3,13 @@
 from dataclasses import dataclass
 from typing import Protocol
 
+from urllib.parse import urlsplit
+
 from fastapi import Request
 from psycopg_pool import AsyncConnectionPool
 
 from fhir_server.settings import Settings
+from fhir_server.storage import tenants
 
 AUTH_PREFIX = "/auth"
 
@@ -22,6 +25,8 @@ class AuthHost(Protocol):
 class Endpoints:
     origin: str
     fhir_base: str
+    auth_root: str
+    """Where the authorization server's paths start: the origin, or a tenant's FHIR base."""
 
     @property
     def issuer(self) -> str:
@@ -29,9 +34,14 @@ class Endpoints:
         return self.fhir_base
 
     def at(self, name: str) -> str:
-        return f"{self.origin}{AUTH_PREFIX}/{name}"
+        return f"{self.auth_root}{AUTH_PREFIX}/{name}"
+
+    def path(self, name: str) -> str:
+        return urlsplit(self.at(name)).path
 
 
 def endpoints(request: Request, settings: Settings) -> Endpoints:
+    """Each tenant has its own authorization server, below its FHIR base."""
     origin = f"{request.url.scheme}://{request.headers.get('host') or request.url.netloc}"
-    return Endpoints(origin, origin + settings.base_path)
+    fhir_base = origin + tenants.base_path(settings.base_path)
+    return Endpoints(origin, fhir_base, fhir_base if tenants.current.get() is not None else origin)

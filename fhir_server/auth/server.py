@@ -98,11 +98,14 @@ def auth_router(app: AuthHost) -> APIRouter:
     router = APIRouter()
     lifetimes = RefreshLifetimes(settings.auth_online_refresh_lifetime, settings.auth_offline_refresh_lifetime)
 
-    @router.get(f"{settings.base_path}/.well-known/smart-configuration")
+    # With tenants these are reached below each tenant's base, which the application passes as the root path.
+    fhir_root = "" if settings.tenancy == "url" else settings.base_path
+
+    @router.get(f"{fhir_root}/.well-known/smart-configuration")
     async def smart_configuration_route(request: Request) -> Response:
         return _json(smart_configuration(endpoints(request, settings)))
 
-    @router.get(f"{settings.base_path}/.well-known/openid-configuration")
+    @router.get(f"{fhir_root}/.well-known/openid-configuration")
     async def openid_configuration_route(request: Request) -> Response:
         return _json(openid_configuration(endpoints(request, settings)))
 

@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from fhir_server.auth.grants import GrantedAccess
 from fhir_server.auth.keys import SIGNING_ALGORITHM, published_keys, sign, signing_key
 from fhir_server.settings import Settings
+from fhir_server.storage import tenants
 
 ACCESS_TOKEN_TYPE = "at+jwt"
 REVOCATION_REFRESH_SECONDS = 2.0
@@ -52,7 +53,7 @@ class InvalidToken(Exception):
 def access_token_claims(grant: GrantedAccess, issuer: str, lifetime: int) -> dict[str, Any]:
     now = int(time.time())
     claims = {"iss": issuer, "aud": issuer, "sub": grant.username or grant.client_id, "client_id": grant.client_id,
-              "scope": " ".join(grant.scopes), "tenant": None, "jti": secrets.token_urlsafe(16), "iat": now,
+              "scope": " ".join(grant.scopes), "tenant": tenant.name if (tenant := tenants.current.get()) else None, "jti": secrets.token_urlsafe(16), "iat": now,
               "exp": now + lifetime}
     if grant.username is not None:
         claims["username"] = grant.username
@@ -91,13 +92,18 @@ class _Verifier:
     key_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-_verifiers: "weakref.WeakKeyDictionary[AsyncConnectionPool, _Verifier]" = weakref.WeakKeyDictionary()
+_verifiers: "weakref.WeakKeyDictionary[AsyncConnectionPool, dict[str | None, _Verifier]]" = \
+    weakref.WeakKeyDictionary()
 
 
 def _verifier(pool: AsyncConnectionPool) -> _Verifier:
-    verifier = _verifiers.get(pool)
+    """The verifier of the pool's current tenant: each tenant has its own keys and revocations."""
+    tenant = tenants.current.get()
+    per_tenant = _verifiers.setdefault(pool, {})
+    key = tenant.schema if tenant is not None else None
+    verifier = per_tenant.get(key)
     if verifier is None:
-        verifier = _verifiers[pool] = _Verifier()
+        verifier = per_tenant[key] = _Verifier()
     return verifier
 
 
@@ -165,6 +171,9 @@ async def verify_access_token(pool: AsyncConnectionPool, token: str, audience: s
             raise InvalidToken("the token has expired")
         if claims.get("iss") != audience or claims.get("aud") != audience:
             raise InvalidToken("the token was issued for another server")
+        tenant = tenants.current.get()
+        if claims.get("tenant") != (tenant.name if tenant is not None else None):
+            raise InvalidToken("the token was issued for another tenant")
         try:
             access = AccessToken(client_id=claims["client_id"], subject=claims.get("username"),
                                  scopes=tuple(claims["scope"].split()), patient=claims.get("patient"),

@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import BinaryIO, Protocol
 
 from fhir_server.settings import Settings
+from fhir_server.storage import tenants
 
 CHUNK_BYTES = 1024 * 1024
 
@@ -34,20 +35,28 @@ _stores: dict[tuple, ObjectStore] = {}
 
 
 def object_store(settings: Settings) -> ObjectStore:
-    """The store the settings name, made once per configuration (boto3 clients are thread-safe and costly)."""
+    """The store the settings name, made once per configuration (boto3 clients are thread-safe and costly).
+
+    Each tenant has its own part of the bucket or directory (named by its schema, never re-used), so the
+    same bytes uploaded by two tenants are two objects, and one tenant's garbage collection or downloads
+    cannot touch another's.
+    """
     secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
+    tenant = tenants.current.get()
+    area = tenant.schema if tenant is not None else None
     key = (settings.s3_bucket, settings.s3_endpoint_url, settings.s3_region, settings.s3_access_key_id, secret,
-           settings.document_dir or settings.data_dir / "documents")
+           settings.document_dir or settings.data_dir / "documents", area)
     store = _stores.get(key)
     if store is None:
         if settings.s3_bucket:
             from fhir_server.documents.s3 import S3Store
 
             store = S3Store(settings.s3_bucket, settings.s3_endpoint_url, settings.s3_region,
-                            settings.s3_access_key_id, secret)
+                            settings.s3_access_key_id, secret, f"{area}/" if area else "")
         else:
             from fhir_server.documents.filesystem import FilesystemStore
 
-            store = FilesystemStore(key[-1])
+            root = key[-2]
+            store = FilesystemStore(root / area if area else root)
         _stores[key] = store
     return store

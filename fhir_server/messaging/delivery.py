@@ -27,7 +27,7 @@ from fhir_server.messaging.codes import (ATTEMPT_IDENTIFIER, DELIVERY_EXTENSION,
 from fhir_server.messaging.requests import TOPIC
 from fhir_server.messaging.store import store
 from fhir_server.settings import Settings
-from fhir_server.storage import repository
+from fhir_server.storage import repository, tenants
 from fhir_server.storage.repository import instant
 from fhir_server.worker import outbox
 from fhir_server.worker.runtime import Runtime
@@ -59,6 +59,9 @@ def deliver(runtime: Runtime, outbox_id: int) -> None:
         return
     callback = runtime.settings.twilio_status_callback_url
     if callback:
+        tenant = tenants.current.get()
+        if tenant is not None:  # each tenant's callbacks come back below its own base
+            callback = callback.replace("{tenant}", tenant.name)
         callback += ("&" if "?" in callback else "?") + "communication=" + quote(attempt.communication_id)
     result = channels.send(runtime.settings, attempt.channel, attempt.address, attempt.body, callback,
                            attempt.subject)

@@ -8,8 +8,8 @@ run in Dramatiq's worker threads and do their database work on one event loop th
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Coroutine
-from contextlib import suppress
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,6 +21,9 @@ from dramatiq.brokers.stub import StubBroker
 from psycopg_pool import AsyncConnectionPool
 
 from fhir_server.settings import Settings
+from fhir_server.storage import tenants
+from fhir_server.storage.database import TenantPool
+from fhir_server.storage.tenants import Tenant
 from fhir_server.worker import outbox
 
 log = logging.getLogger(__name__)
@@ -40,8 +43,29 @@ class Runtime:
     loop: asyncio.AbstractEventLoop
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run `coroutine` on the runtime's loop from a worker thread and wait for its result."""
+        """Run `coroutine` on the runtime's loop from a worker thread and wait for its result.
+
+        The coroutine runs in a copy of the calling thread's context (`run_coroutine_threadsafe` schedules
+        it from here), so it works in the tenant that `in_tenant` selected.
+        """
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    @contextmanager
+    def in_tenant(self, name: str | None) -> Iterator[bool]:
+        """Select the tenant a message was sent for (None without tenancy); yields False if it is gone."""
+        if name is None:
+            yield True
+            return
+        try:
+            tenant = self.run(self.pool.resolve(name))
+        except tenants.UnknownTenant:
+            yield False
+            return
+        selected = tenants.current.set(tenant)
+        try:
+            yield True
+        finally:
+            tenants.current.reset(selected)
 
 
 def handlers() -> dict[str, Callable[[Runtime, int], None]]:
@@ -59,8 +83,13 @@ def make_broker(settings: Settings, runtime: Runtime) -> Broker:
     """Redis when configured, else an in-memory StubBroker; with one actor per outbox topic declared on it."""
     broker: Broker = RedisBroker(url=settings.redis_url) if settings.redis_url else StubBroker()
     for topic, handler in handlers().items():
-        def perform(outbox_id: int, handler: Callable[[Runtime, int], None] = handler) -> None:
-            handler(runtime, outbox_id)
+        def perform(outbox_id: int, tenant: str | None = None,
+                    handler: Callable[[Runtime, int], None] = handler) -> None:
+            with runtime.in_tenant(tenant) as present:
+                if present:
+                    handler(runtime, outbox_id)
+                else:
+                    log.warning("outbox row %s belongs to tenant %r, which no longer exists", outbox_id, tenant)
 
         # Dramatiq's own retries cover failures of the actor itself (e.g. the database was away); delivery
         # retries are scheduled in the outbox, where they survive restarts.
@@ -69,21 +98,31 @@ def make_broker(settings: Settings, runtime: Runtime) -> Broker:
     return broker
 
 
-def _enqueue(broker: Broker, rows: list[tuple[int, str, Any, Any]]) -> None:
+def _enqueue(broker: Broker, rows: list[tuple[int, str, Any, Any]], tenant: Tenant | None) -> None:
     for outbox_id, topic, *_ in rows:
         if topic in broker.actors:
-            broker.get_actor(topic).send(outbox_id)
+            # Outbox ids are per tenant schema: the message names the tenant whose row it is.
+            broker.get_actor(topic).send(outbox_id, *([tenant.name] if tenant is not None else []))
         else:
             log.warning("outbox row %s has topic %r, which no actor handles; it waits", outbox_id, topic)
 
 
 async def relay_once(runtime: Runtime, broker: Broker) -> int:
-    """Hand due outbox rows to the broker; a broker failure rolls the claim back, so the rows wait."""
-    async with runtime.pool.connection() as conn, conn.transaction():
-        rows = await outbox.claim(conn, RELAY_BATCH, runtime.settings.outbox_redeliver_seconds)
-        if rows:
-            await asyncio.to_thread(_enqueue, broker, rows)
-    return len(rows)
+    """Hand due outbox rows to the broker, every tenant's in turn; a broker failure rolls the claim back, so
+    the rows wait. Returns the largest number of rows relayed for one tenant."""
+    pool = runtime.pool
+    relayed = 0
+    for tenant in await pool.all_tenants() if isinstance(pool, TenantPool) else [None]:
+        selected = tenants.current.set(tenant)
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                rows = await outbox.claim(conn, RELAY_BATCH, runtime.settings.outbox_redeliver_seconds)
+                if rows:
+                    await asyncio.to_thread(_enqueue, broker, rows, tenant)
+        finally:
+            tenants.current.reset(selected)
+        relayed = max(relayed, len(rows))
+    return relayed
 
 
 async def relay_forever(runtime: Runtime, broker: Broker) -> None:
@@ -151,7 +190,7 @@ async def run_worker(settings: Settings) -> None:
     """`fhir-server worker`: relay and workers until SIGTERM or SIGINT."""
     from fhir_server.storage.database import create_pool
 
-    pool = create_pool(settings.database_url, settings.worker_threads + 2)
+    pool = create_pool(settings.database_url, settings.worker_threads + 2, settings.tenancy)
     await pool.open(wait=True)
     work = BackgroundWork(settings, pool)
     stopping = asyncio.Event()

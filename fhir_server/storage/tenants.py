@@ -1,0 +1,84 @@
+"""Tenants (FHIR_TENANCY=url): one PostgreSQL schema each, and the tenant the current request or job works in.
+
+Every tenant's schema holds the full set of tables; shared extensions (pgvector, pg_trgm, fuzzystrmatch) live
+in `public`. The tenant of the running task is a context variable, set where a request is routed or a job is
+picked up; the pool (`storage.database.TenantPool`) points each connection it hands out at that tenant's
+schema, so no query names a tenant and a connection can only ever see one tenant's rows.
+"""
+
+import re
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from psycopg import AsyncConnection, sql
+
+NAME = re.compile(r"[a-z0-9-]{1,63}")
+REGISTRY = "public.tenant"
+# A name looked up and not found is not looked up again for this long (garbage in URLs costs no queries);
+# a found tenant is checked again after this long, so one removed by the CLI stops answering.
+RECHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    name: str
+    schema: str
+
+
+current: ContextVar[Tenant | None] = ContextVar("tenant", default=None)
+"""The tenant whose data the running request or job reads and writes; None without tenancy."""
+
+
+class UnknownTenant(LookupError):
+    pass
+
+
+def base_path(root: str) -> str:
+    """The FHIR base path of the current tenant below the server's `root` (FHIR_BASE_PATH)."""
+    tenant = current.get()
+    return f"{root}/{tenant.name}" if tenant is not None else root
+
+
+def require_valid_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise ValueError(f"invalid tenant name {name!r}: use 1-63 of a-z, 0-9 and '-'")
+    return name
+
+
+async def use_schema(conn: AsyncConnection, schema: str) -> bool:
+    """Point the connection at one tenant's schema (and the shared extensions in public); False, changing
+    nothing, if the schema does not exist (a search_path naming a missing schema would fall through to public)."""
+    path = sql.SQL("{}, public").format(sql.Identifier(schema)).as_string(conn)
+    cursor = await conn.execute("SELECT set_config('search_path', %s, false) FROM pg_namespace WHERE nspname = %s",
+                                (path, schema))
+    return await cursor.fetchone() is not None
+
+
+async def find(conn: AsyncConnection, name: str) -> Tenant | None:
+    row = await (await conn.execute(f"SELECT schema_name FROM {REGISTRY} WHERE name = %s", (name,))).fetchone()
+    return Tenant(name, row[0]) if row else None
+
+
+async def all_tenants(conn: AsyncConnection) -> list[Tenant]:
+    rows = await (await conn.execute(f"SELECT name, schema_name FROM {REGISTRY} ORDER BY name")).fetchall()
+    return [Tenant(*row) for row in rows]
+
+
+class Directory:
+    """The registry as a process sees it: names resolved from memory, rechecked every `RECHECK_SECONDS`."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[Tenant | None, float]] = {}
+
+    async def resolve(self, conn: AsyncConnection, name: str) -> Tenant:
+        """The tenant of this name, or UnknownTenant."""
+        tenant, checked = self._seen.get(name, (None, float("-inf")))
+        if time.monotonic() - checked >= RECHECK_SECONDS:
+            tenant = await find(conn, name) if NAME.fullmatch(name) else None
+            if len(self._seen) >= 10_000:
+                self._seen.clear()
+            self._seen[name] = (tenant, time.monotonic())
+        if tenant is None:
+            raise UnknownTenant(name)
+        return tenant

@@ -1,0 +1,56 @@
+"""Background work in the right tenant: the relay serves every tenant's outbox, and each job runs in the schema
+of the tenant whose row it is (outbox ids repeat across tenants), in-process or in `fhir-server worker`."""
+
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+
+from fhir_server.workflow.codes import OVERDUE, TASK_FLAG
+from tests.messaging.helpers import eventually
+from tests.tenancy.conftest import TENANTS
+from tests.workflow.helpers import task
+
+
+def _due(seconds: float) -> dict:
+    end = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    return {"period": {"end": end.isoformat(timespec="milliseconds")}}
+
+
+def _overdue(resource: dict) -> bool:
+    return any(tag == {"system": TASK_FLAG, "code": OVERDUE} for tag in resource.get("meta", {}).get("tag", []))
+
+
+def _states(conn: psycopg.Connection) -> list[tuple[int, str]]:
+    return conn.execute("SELECT id, state FROM outbox ORDER BY id").fetchall()
+
+
+async def test_each_tenants_work_runs_in_that_tenant(tenant_db, background_app) -> None:
+    async with background_app(FHIR_TENANCY="url") as (_, client):
+        # The same Task id in both tenants, each with outbox row 1; only beta's is due soon.
+        soon = await client.put("/fhir/beta/Task/t1", json=task("requested", id="t1", restriction=_due(0.3)))
+        later = await client.put("/fhir/alpha/Task/t1", json=task("requested", id="t1", restriction=_due(3600)))
+        assert soon.status_code == 201 and later.status_code == 201
+        assert _states(tenant_db["alpha"])[0][0] == _states(tenant_db["beta"])[0][0] == 1
+
+        await eventually(lambda: _states(tenant_db["beta"]) == [(1, "done")])
+        assert _overdue((await client.get("/fhir/beta/Task/t1")).json())
+        assert not _overdue((await client.get("/fhir/alpha/Task/t1")).json())
+        assert _states(tenant_db["alpha"]) == [(1, "pending")]
+
+
+async def test_a_redis_worker_serves_every_tenant(tenant_db, configured_client, worker_process) -> None:
+    """`fhir-server worker` with FHIR_TENANCY=url relays both tenants' outboxes through Redis."""
+    worker = worker_process(FHIR_TENANCY="url")
+    async with configured_client(FHIR_TENANCY="url") as client:
+        for name in TENANTS:
+            created = await client.put(f"/{name}/Task/t2", json=task("requested", id="t2", restriction=_due(0.3)))
+            assert created.status_code == 201, created.text
+
+        def done() -> bool:
+            """both tenants' overdue work done by the worker"""
+            return all(_states(tenant_db[name]) == [(1, "done")] for name in TENANTS)
+
+        await eventually(done, 30)
+        for name in TENANTS:
+            assert _overdue((await client.get(f"/{name}/Task/t2")).json())
+    assert worker.poll() is None
