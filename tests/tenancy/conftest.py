@@ -20,10 +20,11 @@ TENANTS = ("alpha", "beta")
 DATA_TABLES = [table for table in TABLES if not table.startswith("auth_")] + ["document_object"]
 
 
-def cli(database_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def cli(database_url: str, *args: str, check: bool = True, input: str | None = None,
+        **env: str) -> subprocess.CompletedProcess:
     """Run `fhir-server ARGS` against the test database."""
     result = subprocess.run([sys.executable, "-m", "fhir_server.cli", *args], capture_output=True, text=True,
-                            env={**os.environ, "FHIR_DATABASE_URL": database_url}, timeout=120)
+                            input=input, env={**os.environ, "FHIR_DATABASE_URL": database_url, **env}, timeout=120)
     if check:
         assert result.returncode == 0, result.stderr
     return result

@@ -1,0 +1,60 @@
+"""Tenant administration (`fhir-server tenants`), and the pool that scopes every connection to one tenant."""
+
+import psycopg
+import pytest
+
+from fhir_server.storage import tenants
+from fhir_server.storage.database import create_pool
+from tests.tenancy.conftest import cli
+
+
+def test_tenants_cli(database_url: str, tenancy) -> None:
+    assert cli(database_url, "tenants", "add", "Not_Valid", check=False).returncode == 1
+    assert "exists already" in cli(database_url, "tenants", "add", "alpha", check=False).stderr
+    listed = cli(database_url, "tenants", "list").stdout
+    assert f"alpha  schema={tenancy.schemas['alpha']}" in listed and f"beta  schema={tenancy.schemas['beta']}" in listed
+
+    added = cli(database_url, "tenants", "add", "gamma-1").stdout
+    schema = added.split("schema ")[1].strip(")\n")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        tables = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
+                              (schema,)).fetchone()[0]
+        assert tables == conn.execute("SELECT count(*) FROM information_schema.tables "
+                                      "WHERE table_schema = 'public' AND table_name <> 'tenant'").fetchone()[0]
+        assert conn.execute(f"SELECT version_num FROM {schema}.alembic_version").fetchone() == \
+            conn.execute("SELECT version_num FROM public.alembic_version").fetchone()
+    # With tenancy on, data commands name their tenant.
+    refused = cli(database_url, "users", "list", check=False, FHIR_TENANCY="url")
+    assert refused.returncode == 2 and "--tenant" in refused.stderr
+    assert cli(database_url, "users", "list", "--tenant", "nobody", check=False).returncode == 1
+    assert cli(database_url, "tenants", "remove", "gamma-1", "--yes").returncode == 0
+    assert "gamma-1" not in cli(database_url, "tenants", "list").stdout
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None
+    assert cli(database_url, "tenants", "remove", "gamma-1", "--yes", check=False).returncode == 1
+
+
+async def test_the_pool_never_runs_a_query_outside_a_tenant(database_url: str, tenancy) -> None:
+    pool = create_pool(database_url, 1, "url")
+    await pool.open(wait=True)
+    try:
+        with pytest.raises(RuntimeError, match="no tenant selected"):
+            async with pool.connection():
+                pass
+        alpha = await pool.resolve("alpha")
+        with pytest.raises(tenants.UnknownTenant):
+            await pool.resolve("nobody")
+        for tenant in (alpha, tenants.Tenant("ghost", "tenant_does_not_exist"), alpha):
+            selected = tenants.current.set(tenant)
+            try:
+                if tenant is alpha:
+                    async with pool.connection() as conn:
+                        assert (await (await conn.execute("SELECT current_schema()")).fetchone())[0] == alpha.schema
+                else:  # a schema that is gone must not fall through to public
+                    with pytest.raises(tenants.UnknownTenant):
+                        async with pool.connection():
+                            pass
+            finally:
+                tenants.current.reset(selected)
+    finally:
+        await pool.close()
