@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     twilio_api_base: str | None = None
     """Replaces https://api.twilio.com (tests, proxies)."""
     twilio_status_callback_url: str | None = None
-    """Public URL of POST /twilio/status, passed to Twilio with every message; unset = no callbacks."""
+    """Public URL of POST /twilio/status, passed to Twilio with every message; unset = no callbacks. With tenants,
+    `{tenant}` in it becomes the sending tenant's name (https://host/fhir/{tenant}/twilio/status)."""
     twilio_webhook_base_url: str | None = None
     """Public scheme://host[:port] Twilio calls, for signature checks behind a proxy; unset = the request's own."""
     smtp_host: str | None = None

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -76,21 +76,20 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 30) -> N
     raise RuntimeError(f"server did not answer {url} within {seconds}s")
 
 
-@pytest.fixture(scope="session")
-def server_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `fhir-server serve` on a loopback port, over the test database; yields the base URL."""
+@contextmanager
+def running_server(env: dict[str, str], log_path: Path, ready_path: str = "/fhir/metadata",
+                   seconds: float = 30) -> Iterator[str]:
+    """A real `fhir-server serve` on a free loopback port with `env`; yields its origin once `ready_path` answers."""
     port = free_port()
-    env = {**os.environ, "FHIR_DATABASE_URL": database_url}
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "fhir_server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
-    base = f"http://127.0.0.1:{port}/fhir"
+    origin = f"http://127.0.0.1:{port}"
     try:
-        wait_until_up(base + "/metadata", process)
-        yield base
+        wait_until_up(origin + ready_path, process, seconds)
+        yield origin
     finally:
         process.terminate()
         try:
@@ -99,6 +98,14 @@ def server_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
             process.kill()
         if os.environ.get("FHIR_TEST_SHOW_SERVER_LOG"):
             sys.stderr.write(Path(log_path).read_text())
+
+
+@pytest.fixture(scope="session")
+def server_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `fhir-server serve` on a loopback port, over the test database; yields the base URL."""
+    env = {**os.environ, "FHIR_DATABASE_URL": database_url}
+    with running_server(env, tmp_path_factory.mktemp("server") / "server.log") as origin:
+        yield origin + "/fhir"
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import TABLES, free_port, wait_until_up
+from tests.conftest import TABLES, running_server
 
 TENANTS = ("alpha", "beta")
 DATA_TABLES = [table for table in TABLES if not table.startswith("auth_")] + ["document_object"]
@@ -58,27 +58,14 @@ def tenancy(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         registered = cli(database_url, "clients", "add", f"{name} backend", "--type", "confidential-symmetric",
                          "--scope", "system/*.cruds", "--client-id", f"{name}-backend", "--tenant", name).stdout
         credentials[name] = (f"{name}-backend", re.search(r"client_secret: (\S+)", registered)[1])
-    port = free_port()
     document_dir = tmp_path_factory.mktemp("tenant-documents")
     env = {**os.environ, "FHIR_DATABASE_URL": database_url, "FHIR_TENANCY": "url", "FHIR_AUTH": "smart",
            "FHIR_BACKGROUND": "off", "FHIR_DOCUMENT_DIR": str(document_dir), "FHIR_AUTH_TOKEN_LIFETIME": "3600"}
     log_path = tmp_path_factory.mktemp("tenant-server") / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fhir_server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
-    origin = f"http://127.0.0.1:{port}"
     try:
-        wait_until_up(f"{origin}/fhir/alpha/metadata", process, 120)
-        yield Tenancy(origin, origin + "/fhir", schemas, credentials, document_dir)
+        with running_server(env, log_path, "/fhir/alpha/metadata", 120) as origin:
+            yield Tenancy(origin, origin + "/fhir", schemas, credentials, document_dir)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        if os.environ.get("FHIR_TEST_SHOW_SERVER_LOG"):
-            sys.stderr.write(log_path.read_text())
         for name in TENANTS:
             cli(database_url, "tenants", "remove", name, "--yes", check=False)
 
