@@ -98,7 +98,7 @@ class TenantPool(AsyncConnectionPool):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.directory = tenants.Directory()
+        self.directory = tenants.Directory(self._find)
         self._schemas: weakref.WeakKeyDictionary[AsyncConnection, str] = weakref.WeakKeyDictionary()
 
     @asynccontextmanager
@@ -115,9 +115,12 @@ class TenantPool(AsyncConnectionPool):
             yield conn
 
     async def resolve(self, name: str) -> Tenant:
-        """The registered tenant of this name (UnknownTenant otherwise)."""
-        async with super().connection() as conn:
-            return await self.directory.resolve(conn, name)
+        """The registered tenant of this name (UnknownTenant otherwise); from memory most of the time."""
+        return await self.directory.resolve(name)
+
+    async def _find(self, name: str) -> Tenant | None:
+        async with super().connection() as conn:  # the registry is in public, outside every tenant
+            return await tenants.find(conn, name)
 
     async def all_tenants(self) -> list[Tenant]:
         async with super().connection() as conn:

@@ -8,6 +8,7 @@ schema, so no query names a tenant and a connection can only ever see one tenant
 
 import re
 import time
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -66,16 +67,18 @@ async def all_tenants(conn: AsyncConnection) -> list[Tenant]:
 
 
 class Directory:
-    """The registry as a process sees it: names resolved from memory, rechecked every `RECHECK_SECONDS`."""
+    """The registry as a process sees it: names resolved from memory, rechecked every `RECHECK_SECONDS`
+    through `find` (which looks one name up in the database)."""
 
-    def __init__(self) -> None:
+    def __init__(self, find: Callable[[str], Awaitable[Tenant | None]]) -> None:
+        self._find = find
         self._seen: dict[str, tuple[Tenant | None, float]] = {}
 
-    async def resolve(self, conn: AsyncConnection, name: str) -> Tenant:
+    async def resolve(self, name: str) -> Tenant:
         """The tenant of this name, or UnknownTenant."""
         tenant, checked = self._seen.get(name, (None, float("-inf")))
         if time.monotonic() - checked >= RECHECK_SECONDS:
-            tenant = await find(conn, name) if NAME.fullmatch(name) else None
+            tenant = await self._find(name) if NAME.fullmatch(name) else None
             if len(self._seen) >= 10_000:
                 self._seen.clear()
             self._seen[name] = (tenant, time.monotonic())

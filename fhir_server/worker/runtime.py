@@ -59,6 +59,8 @@ class Runtime:
         try:
             tenant = self.run(self.pool.resolve(name))
         except tenants.UnknownTenant:
+            tenant = None
+        if tenant is None:
             yield False
             return
         selected = tenants.current.set(tenant)
