@@ -1,9 +1,10 @@
 """Tenant administration (`fhir-server tenants`), and the pool that scopes every connection to one tenant."""
 
+import orjson
 import psycopg
 import pytest
 
-from fhir_server.storage import tenants
+from fhir_server.storage import repository, tenants
 from fhir_server.storage.database import create_pool
 from tests.tenancy.conftest import cli
 
@@ -56,5 +57,31 @@ async def test_the_pool_never_runs_a_query_outside_a_tenant(database_url: str, t
                             pass
             finally:
                 tenants.current.reset(selected)
+    finally:
+        await pool.close()
+
+
+async def test_prepared_statements_follow_the_tenant(database_url: str, tenant_db) -> None:
+    """One connection serving both tenants in turn runs the repository's prepared statements in each schema."""
+    pool = create_pool(database_url, 1, "url")
+    await pool.open(wait=True)
+    try:
+        found = []
+        for round_ in range(3):
+            for name in ("alpha", "beta"):
+                selected = tenants.current.set(await pool.resolve(name))
+                try:
+                    async with pool.connection() as conn:
+                        if round_ == 0:
+                            async with conn.transaction():
+                                await repository.create(conn, {"resourceType": "Patient", "id": "same",
+                                                               "name": [{"family": name}]}, "same")
+                        stored = await repository.read(conn, "Patient", "same")
+                        found.append(orjson.loads(stored.content)["name"][0]["family"])
+                        prepared = (await (await conn.execute(
+                            "SELECT count(*) FROM pg_prepared_statements")).fetchone())[0]
+                finally:
+                    tenants.current.reset(selected)
+        assert found == ["alpha", "beta"] * 3 and prepared > 0
     finally:
         await pool.close()
