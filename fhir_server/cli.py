@@ -328,8 +328,9 @@ def tenants_list(data_dir: DataDir = None) -> None:
 def tenants_remove(name: Annotated[str, typer.Argument()],
                    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
                    data_dir: DataDir = None) -> None:
-    """Remove a tenant and ALL its data (its schema is dropped; document bytes stay until removed from the
-    store's tenant area)."""
+    """Remove a tenant and ALL its data: its schema is dropped, then its document bytes are deleted."""
+    from fhir_server.documents.store import object_store
+    from fhir_server.storage import tenants
     from fhir_server.storage.database import remove_tenant
 
     if not yes:
@@ -339,7 +340,13 @@ def tenants_remove(name: Annotated[str, typer.Argument()],
     if tenant is None:
         typer.echo(f"error: no tenant {name!r}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"removed tenant {name} (schema {tenant.schema} dropped)")
+    # After the schema: a failure here leaves only unreachable bytes (in an area no new tenant re-uses).
+    tenants.current.set(tenant)
+    store = object_store(get_settings())
+    objects = [sha256 for sha256, _ in store.list()]
+    for sha256 in objects:
+        store.delete(sha256)
+    typer.echo(f"removed tenant {name} (schema {tenant.schema} dropped, {len(objects)} document objects deleted)")
 
 
 storage = typer.Typer(help="The object store that holds document bytes (S3 or the filesystem).", no_args_is_help=True)

@@ -9,7 +9,7 @@ from fhir_server.storage.database import create_pool
 from tests.tenancy.conftest import cli
 
 
-def test_tenants_cli(database_url: str, tenancy) -> None:
+def test_tenants_cli(database_url: str, tenancy, tmp_path) -> None:
     assert cli(database_url, "tenants", "add", "Not_Valid", check=False).returncode == 1
     assert "exists already" in cli(database_url, "tenants", "add", "alpha", check=False).stderr
     listed = cli(database_url, "tenants", "list").stdout
@@ -28,7 +28,11 @@ def test_tenants_cli(database_url: str, tenancy) -> None:
     refused = cli(database_url, "users", "list", check=False, FHIR_TENANCY="url")
     assert refused.returncode == 2 and "--tenant" in refused.stderr
     assert cli(database_url, "users", "list", "--tenant", "nobody", check=False).returncode == 1
-    assert cli(database_url, "tenants", "remove", "gamma-1", "--yes").returncode == 0
+    stored = tmp_path / schema / "sha256" / "ab" / ("ab" + "0" * 62)  # a document object of gamma-1
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(b"gamma's bytes")
+    removed = cli(database_url, "tenants", "remove", "gamma-1", "--yes", FHIR_DOCUMENT_DIR=str(tmp_path)).stdout
+    assert "1 document objects deleted" in removed and not stored.exists()
     assert "gamma-1" not in cli(database_url, "tenants", "list").stdout
     with psycopg.connect(database_url, autocommit=True) as conn:
         assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None
