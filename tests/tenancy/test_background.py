@@ -4,10 +4,12 @@ of the tenant whose row it is (outbox ids repeat across tenants), in-process or 
 from datetime import datetime, timedelta, timezone
 
 import psycopg
+from twilio.request_validator import RequestValidator
 
 from fhir_server.workflow.codes import OVERDUE, TASK_FLAG
-from tests.messaging.helpers import eventually
+from tests.messaging.helpers import communication_request, eventually, patient, read, resources
 from tests.tenancy.conftest import TENANTS
+from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN
 from tests.workflow.helpers import task
 
 
@@ -54,3 +56,31 @@ async def test_a_redis_worker_serves_every_tenant(tenant_db, configured_client, 
         for name in TENANTS:
             assert _overdue((await client.get(f"/{name}/Task/t2")).json())
     assert worker.poll() is None
+
+
+async def test_notifications_and_their_twilio_callbacks_stay_in_their_tenant(tenant_db, background_app,
+                                                                              twilio) -> None:
+    """A CommunicationRequest in beta is sent by the worker in beta, Twilio is told to call back below beta's
+    base, and the signed callback there updates beta's Communication."""
+    callback = "http://test/fhir/{tenant}/twilio/status"
+    async with background_app(FHIR_TENANCY="url", FHIR_TWILIO_STATUS_CALLBACK_URL=callback) as (_, client):
+        # The same patient id in both tenants; only beta asks for a message.
+        for name in TENANTS:
+            assert (await client.put(f"/fhir/{name}/Patient/p1", json={**patient(), "id": "p1"})).status_code == 201
+        created = await client.post("/fhir/beta/CommunicationRequest", json=communication_request("Patient/p1"))
+        assert created.status_code == 201
+
+        def sent() -> list:
+            """beta's Communication completed"""
+            return [c for c in resources(tenant_db["beta"], "Communication") if c["status"] == "completed"]
+
+        [communication] = await eventually(sent)
+        [message] = twilio.messages
+        assert message["StatusCallback"] == f"http://test/fhir/beta/twilio/status?communication={communication['id']}"
+        path = message["StatusCallback"].removeprefix("http://test")
+        params = {"AccountSid": ACCOUNT_SID, "MessageSid": "SMx", "MessageStatus": "undelivered", "ErrorCode": "30003"}
+        signature = RequestValidator(AUTH_TOKEN).compute_signature(message["StatusCallback"], params)
+        answered = await client.post(path, data=params, headers={"X-Twilio-Signature": signature})
+        assert answered.status_code == 204
+        assert read(tenant_db["beta"], "Communication", communication["id"])["status"] == "not-done"
+    assert resources(tenant_db["alpha"], "Communication") == []
