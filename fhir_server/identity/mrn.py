@@ -8,6 +8,7 @@ import orjson
 from psycopg import AsyncConnection
 
 from fhir_server.settings import get_settings
+from fhir_server.storage import tenants
 
 MRN_TYPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR",
                         "display": "Medical record number"}]}
@@ -19,23 +20,25 @@ def mrn_identifiers(resource: dict[str, Any]) -> list[dict[str, Any]]:
             if isinstance(identifier, dict) and identifier.get("system") == system and identifier.get("value")]
 
 
-# Numbers drawn from the sequence but not yet handed out, by this process. Drawing a block at a time
-# keeps a Patient create to one round trip in the common case; numbers stay unique and are never
-# reused (a process that stops only leaves a gap).
+# Numbers drawn from the sequence but not yet handed out, by this process, per tenant schema (each tenant
+# has its own sequence). Drawing a block at a time keeps a Patient create to one round trip in the common
+# case; numbers stay unique and are never reused (a process that stops only leaves a gap).
 MRN_BLOCK = 50
-_reserved: list[int] = []
+_reserved: dict[str | None, list[int]] = {}
 _reserving = asyncio.Lock()
 
 
 async def new_mrn(conn: AsyncConnection) -> str:
     """A fresh MRN. The number comes from a sequence, so concurrent creates never share one and a number
     is never handed out again, even when the create that drew it rolls back."""
+    tenant = tenants.current.get()
     async with _reserving:
-        if not _reserved:
+        reserved = _reserved.setdefault(tenant.schema if tenant is not None else None, [])
+        if not reserved:
             rows = await (await conn.execute("SELECT nextval('patient_mrn_seq') FROM generate_series(1, %s)",
                                              (MRN_BLOCK,))).fetchall()
-            _reserved.extend(sorted((row[0] for row in rows), reverse=True))
-        number = _reserved.pop()
+            reserved.extend(sorted((row[0] for row in rows), reverse=True))
+        number = reserved.pop()
     return get_settings().mrn_format.format(year=datetime.now(timezone.utc).year, number=number)
 
 

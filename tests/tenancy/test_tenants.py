@@ -4,6 +4,7 @@ import orjson
 import psycopg
 import pytest
 
+from fhir_server.identity import mrn
 from fhir_server.storage import repository, tenants
 from fhir_server.storage.database import create_pool
 from tests.tenancy.conftest import cli
@@ -89,3 +90,27 @@ async def test_prepared_statements_follow_the_tenant(database_url: str, tenant_d
         assert found == ["alpha", "beta"] * 3 and prepared > 0
     finally:
         await pool.close()
+
+
+async def test_each_tenant_numbers_its_patients_from_its_own_sequence(database_url: str, tenant_db,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """MRN numbers are drawn in blocks and kept in memory: per tenant, or a tenant would hand out another's."""
+    monkeypatch.setattr(mrn, "_reserved", {})
+    starts = {"alpha": 1_000_000, "beta": 2_000_000}
+    for name, start in starts.items():
+        tenant_db[name].execute(f"ALTER SEQUENCE patient_mrn_seq RESTART {start}")
+    pool = create_pool(database_url, 1, "url")
+    await pool.open(wait=True)
+    try:
+        numbers: dict[str, list[int]] = {"alpha": [], "beta": []}
+        for _ in range(3):
+            for name in starts:
+                selected = tenants.current.set(await pool.resolve(name))
+                try:
+                    async with pool.connection() as conn:
+                        numbers[name].append(int((await mrn.new_mrn(conn))[-7:]))
+                finally:
+                    tenants.current.reset(selected)
+    finally:
+        await pool.close()
+    assert numbers == {name: [start, start + 1, start + 2] for name, start in starts.items()}
