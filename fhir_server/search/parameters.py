@@ -5,16 +5,17 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import fhirpathpy
+import orjson
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
 
 from fhir_server.paths import RESOURCES_DIR
 from fhir_server.search.values import reference_target
+from fhir_server.storage import tenants
 
 log = logging.getLogger(__name__)
 
@@ -335,22 +336,35 @@ def load_search_parameters(path: Path = SEARCH_PARAMETERS_FILE,
     return SearchParameterRegistry(by_type, common)
 
 
-_stored_definitions: tuple[dict[str, Any], ...] = ()
+# The registry of each set of stored SearchParameters, and which set each tenant (None: no tenancy) uses;
+# tenants without parameters of their own share the registry of the vendored ones.
+_registries: dict[bytes, SearchParameterRegistry] = {}
+_stored_by_tenant: dict[str | None, bytes] = {}
+_NONE_STORED = orjson.dumps([])
+
+
+def _tenant_key() -> str | None:
+    tenant = tenants.current.get()
+    return tenant.schema if tenant is not None else None
 
 
 def use_stored_search_parameters(definitions: list[dict[str, Any]]) -> SearchParameterRegistry:
-    """Rebuild the registry with the active SearchParameters stored on this server (replacing earlier ones)."""
-    global _stored_definitions
-    _stored_definitions = tuple(definitions)
-    search_parameters.cache_clear()
+    """Rebuild the current tenant's registry with the active SearchParameters stored in it (replacing
+    earlier ones); other tenants keep theirs."""
+    _stored_by_tenant[_tenant_key()] = orjson.dumps(definitions, option=orjson.OPT_SORT_KEYS)
+    for unused in set(_registries) - set(_stored_by_tenant.values()) - {_NONE_STORED}:
+        del _registries[unused]
     return search_parameters()
 
 
-@lru_cache(maxsize=1)
 def search_parameters() -> SearchParameterRegistry:
-    """The registry, loaded on first use (call it at start-up to pay the ~0.3 s compile cost there)."""
-    return load_search_parameters(extra=_stored_definitions)
-
+    """The current tenant's registry, loaded on first use (call it at start-up to pay the ~0.3 s compile cost
+    there)."""
+    key = _stored_by_tenant.get(_tenant_key(), _NONE_STORED)
+    registry = _registries.get(key)
+    if registry is None:
+        registry = _registries[key] = load_search_parameters(extra=tuple(orjson.loads(key)))
+    return registry
 
 def parameters_for(resource_type: str | None) -> dict[str, SearchParameter]:
     """Search parameters of `resource_type` by code, including the common ones (`_id`, `_tag`, ...).

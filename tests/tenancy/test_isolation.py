@@ -163,3 +163,24 @@ def test_documents_stay_in_their_tenant(http: dict[str, httpx.Client], tenancy) 
     stored = sorted(path.relative_to(tenancy.document_dir).parts[0]
                     for path in tenancy.document_dir.rglob("*") if path.is_file())
     assert stored == sorted(tenancy.schemas.values())
+
+
+def test_custom_search_parameters_are_per_tenant(http: dict[str, httpx.Client]) -> None:
+    alpha, beta = http["alpha"], http["beta"]
+    parameter = {
+        "resourceType": "SearchParameter", "id": "eye-color", "url": "http://example.org/SearchParameter/eye-color",
+        "name": "eye-color", "status": "active", "description": "Eye color", "code": "eye-color",
+        "base": ["Patient"], "type": "token",
+        "expression": "Patient.extension.where(url = 'http://example.org/eye-color').value",
+    }
+    colored = {"resourceType": "Patient", "extension": [{"url": "http://example.org/eye-color", "valueCode": "teal"}]}
+    assert alpha.put("/SearchParameter/eye-color", json=parameter).status_code == 201
+    assert alpha.post("/Patient/$reindex").status_code == 200
+    pid = alpha.post("/Patient", json=colored).json()["id"]
+    beta.post("/Patient", json=colored)
+    strict = {"Prefer": "handling=strict"}
+    assert ids(alpha.get("/Patient", params={"eye-color": "teal"}, headers=strict).json()) == [pid]
+    assert beta.get("/Patient", params={"eye-color": "teal"}, headers=strict).status_code == 400
+    alpha.put("/SearchParameter/eye-color", json={**parameter, "status": "retired"})
+    assert alpha.post("/$reindex").status_code == 200
+    assert alpha.get("/Patient", params={"eye-color": "teal"}, headers=strict).status_code == 400
