@@ -2,7 +2,6 @@
 
 from dataclasses import dataclass
 from typing import Protocol
-
 from urllib.parse import urlsplit
 
 from fastapi import Request

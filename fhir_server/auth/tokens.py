@@ -52,9 +52,10 @@ class InvalidToken(Exception):
 
 def access_token_claims(grant: GrantedAccess, issuer: str, lifetime: int) -> dict[str, Any]:
     now = int(time.time())
+    tenant = tenants.current.get()
     claims = {"iss": issuer, "aud": issuer, "sub": grant.username or grant.client_id, "client_id": grant.client_id,
-              "scope": " ".join(grant.scopes), "tenant": tenant.name if (tenant := tenants.current.get()) else None, "jti": secrets.token_urlsafe(16), "iat": now,
-              "exp": now + lifetime}
+              "scope": " ".join(grant.scopes), "tenant": tenant.name if tenant is not None else None,
+              "jti": secrets.token_urlsafe(16), "iat": now, "exp": now + lifetime}
     if grant.username is not None:
         claims["username"] = grant.username
     for name, value in (("patient", grant.patient), ("encounter", grant.encounter), ("fhirUser", grant.fhir_user)):

@@ -18,7 +18,8 @@ TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksi
 
 
 class S3Store:
-    """Objects at s3://bucket/[prefix]sha256/<hex>, written with server-side encryption (SSE-S3, AES256) requested."""
+    """Objects at s3://bucket/[prefix]sha256/<hex> (prefix: a tenant's area), written with server-side
+    encryption (SSE-S3, AES256) requested."""
 
     def __init__(self, bucket: str, endpoint_url: str | None, region: str | None, access_key_id: str | None,
                  secret_access_key: str | None, prefix: str = "") -> None:
