@@ -83,7 +83,8 @@ def serve(
     # embedded PostgreSQL be stopped on the way out instead of being left running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with Database(data_dir):
-        typer.echo(f"FHIR R4 server on http://{host}:{port}{get_settings().base_path}", err=True)
+        tenant = "/{tenant}" if get_settings().tenancy == "url" else ""
+        typer.echo(f"FHIR R4 server on http://{host}:{port}{get_settings().base_path}{tenant}", err=True)
         uvicorn.run("fhir_server.api.app:create_app", factory=True, host=host, port=port, workers=workers,
                     access_log=False, log_level="warning", timeout_graceful_shutdown=10)
 
