@@ -184,3 +184,18 @@ def test_custom_search_parameters_are_per_tenant(http: dict[str, httpx.Client]) 
     alpha.put("/SearchParameter/eye-color", json={**parameter, "status": "retired"})
     assert alpha.post("/$reindex").status_code == 200
     assert alpha.get("/Patient", params={"eye-color": "teal"}, headers=strict).status_code == 400
+
+
+def test_paging_links_stay_below_the_tenant(http: dict[str, httpx.Client], tenancy) -> None:
+    alpha, beta = http["alpha"], http["beta"]
+    created = {alpha.post("/Patient", json=patient("Paged", str(i))).json()["id"] for i in range(3)}
+    first = alpha.get("/Patient", params={"family": "Paged", "_count": 1}).json()
+    [next_url] = [link["url"] for link in first["link"] if link["relation"] == "next"]
+    assert next_url.startswith(f"{tenancy.url('alpha')}/Patient?")
+    second = alpha.get(next_url).json()
+    assert len(ids(second)) == 1 and set(ids(first) + ids(second)) < created
+    # The same position at beta pages through beta's data only.
+    elsewhere = beta.get(next_url.replace(tenancy.url("alpha"), tenancy.url("beta")))
+    assert elsewhere.status_code in (200, 400) and not set(ids(elsewhere.json())) & created
+    history = alpha.get("/Patient/_history", params={"_count": 1}).json()
+    assert all(link["url"].startswith(tenancy.url("alpha")) for link in history["link"])
