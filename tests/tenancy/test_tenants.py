@@ -114,3 +114,13 @@ async def test_each_tenant_numbers_its_patients_from_its_own_sequence(database_u
     finally:
         await pool.close()
     assert numbers == {name: [start, start + 1, start + 2] for name, start in starts.items()}
+
+
+def test_import_into_a_tenant(database_url: str, http, tmp_path) -> None:
+    path = tmp_path / "patients.ndjson"
+    path.write_text('{"resourceType": "Patient", "id": "imported", "name": [{"family": "Imported"}]}\n')
+    assert cli(database_url, "import", "--tenant", "beta", str(path), FHIR_TENANCY="url").returncode == 0
+    assert http["beta"].get("/Patient/imported").json()["name"][0]["family"] == "Imported"
+    assert http["alpha"].get("/Patient/imported").status_code == 404
+    assert cli(database_url, "import", str(path), check=False, FHIR_TENANCY="url").returncode == 2
+    assert cli(database_url, "import", "--tenant", "nobody", str(path), check=False).returncode == 1
