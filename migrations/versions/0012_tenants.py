@@ -1,13 +1,13 @@
 """The tenant registry (FHIR_TENANCY=url): tenant name -> the schema that holds its tables.
 
 Revision ID: 0012
-Revises: 0007
+Revises: 0008
 """
 
 from alembic import op
 
 revision = "0012"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
