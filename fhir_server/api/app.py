@@ -17,7 +17,7 @@ from fhir_server.auth.server import auth_router
 from fhir_server.dispatch import dispatch
 from fhir_server.errors import FHIRError, Issue, operation_outcome
 from fhir_server.interactions import binary, create, patch, transaction, update
-from fhir_server.interactions.capabilities import capability_statement_bytes
+from fhir_server.interactions.capabilities import capability_statement
 from fhir_server.messaging.webhooks import twilio_routes
 from fhir_server.request import JSON_CONTENT_TYPE, FHIRRequest, Outcome, error_outcome, informational
 from fhir_server.resource_types import resource_types
@@ -155,7 +155,7 @@ class FHIRApplication:
         resource_types()
         search_parameters()
         validate_resource({"resourceType": "Patient"})
-        capability_statement_bytes()
+        capability_statement()
         self.pool = create_pool(self.settings.database_url, self.settings.db_pool_size, self.settings.tenancy)
         await self.pool.open(wait=True)
         for tenant in await self.pool.all_tenants() if self.multi_tenant else [None]:

@@ -42,5 +42,11 @@ class Endpoints:
 def endpoints(request: Request, settings: Settings) -> Endpoints:
     """Each tenant has its own authorization server, below its FHIR base."""
     origin = f"{request.url.scheme}://{request.headers.get('host') or request.url.netloc}"
-    fhir_base = origin + tenants.base_path(settings.base_path)
+    return endpoints_of(origin + tenants.base_path(settings.base_path))
+
+
+def endpoints_of(fhir_base: str) -> Endpoints:
+    """The authorization server that serves the FHIR base `fhir_base` (a request's own base URL)."""
+    parts = urlsplit(fhir_base)
+    origin = f"{parts.scheme}://{parts.netloc}"
     return Endpoints(origin, fhir_base, fhir_base if tenants.current.get() is not None else origin)

@@ -6,6 +6,7 @@ from typing import Any
 import orjson
 
 from fhir_server import FHIR_VERSION, __version__
+from fhir_server.auth.endpoints import endpoints_of
 from fhir_server.operations import basic_render, communication_request_send_bulk
 from fhir_server.operations import (document_download, patient_everything, patient_match, patient_merge,
                                     patient_unmerge, reindex, semantic_search, validate)
@@ -55,7 +56,37 @@ def _resource(resource_type: str) -> dict[str, Any]:
     }
 
 
-def capability_statement() -> dict[str, Any]:
+SMART_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+OAUTH_URIS = (("authorize", "authorize"), ("token", "token"), ("introspect", "introspect"), ("revoke", "revoke"))
+
+
+def security(fhir_base: str) -> dict[str, Any]:
+    """`rest.security` of a server that requires SMART tokens: the SMART service and the oauth-uris extension
+    (SMART App Launch 1.0 §2.4; the same endpoints as .well-known/smart-configuration)."""
+    urls = endpoints_of(fhir_base)
+    return {
+        "cors": True,
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                 "code": "SMART-on-FHIR"}], "text": "OAuth2 using SMART-on-FHIR profile"}],
+        "description": f"SMART App Launch and Backend Services; discovery at {fhir_base}/.well-known/"
+                       "smart-configuration",
+        "extension": [{"url": SMART_EXTENSION, "extension": [
+            {"url": name, "valueUri": urls.at(path)} for name, path in OAUTH_URIS]}],
+    }
+
+
+def capability_statement(fhir_base: str | None = None) -> dict[str, Any]:
+    """The CapabilityStatement; with the base URL a request reached, also `implementation.url` and (when
+    tokens are required) `rest.security`. The committed capability-statement.json is the one without."""
+    statement = _statement()
+    if fhir_base is not None:
+        statement["implementation"]["url"] = fhir_base
+        if get_settings().auth == "smart":
+            statement["rest"][0]["security"] = security(fhir_base)
+    return statement
+
+
+def _statement() -> dict[str, Any]:
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -78,10 +109,10 @@ def capability_statement() -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=1)
-def capability_statement_bytes() -> bytes:
-    return orjson.dumps(capability_statement())
+@lru_cache(maxsize=64)
+def capability_statement_bytes(fhir_base: str) -> bytes:
+    return orjson.dumps(capability_statement(fhir_base))
 
 
 async def capabilities(conn: object, req: FHIRRequest) -> Outcome:
-    return Outcome(200, capability_statement_bytes())
+    return Outcome(200, capability_statement_bytes(req.base_url))

@@ -36,3 +36,20 @@ def test_openid_configuration_and_empty_jwks(client: httpx.Client, origin: str) 
     assert config["issuer"] == origin + "/fhir"
     assert config["id_token_signing_alg_values_supported"] == ["RS256"]
     assert httpx.get(origin + "/auth/jwks").json() == {"keys": []}
+
+
+
+async def test_capability_statement_names_the_smart_endpoints(configured_client) -> None:
+    async with configured_client(FHIR_AUTH="smart") as smart:
+        response = await smart.get("/metadata")  # no token: clients discover the server before they have one
+        config = (await smart.get("/.well-known/smart-configuration")).json()
+    assert response.status_code == 200
+    statement = response.json()
+    assert statement["implementation"]["url"] == str(smart.base_url).rstrip("/")
+    security = statement["rest"][0]["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    [oauth_uris] = [e for e in security["extension"]
+                    if e["url"] == "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"]
+    assert {e["url"]: e["valueUri"] for e in oauth_uris["extension"]} == {
+        "authorize": config["authorization_endpoint"], "token": config["token_endpoint"],
+        "introspect": config["introspection_endpoint"], "revoke": config["revocation_endpoint"]}
