@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     merge_sync_limit: int = 500
     """Patient/$merge rewrites up to this many referencing resources in the request; above it (or with
     `Prefer: respond-async`) it answers 202 with a Task that a worker completes, in batches of this size."""
+    merge_lock_timeout: float = 10.0
+    """Seconds a merge waits for a resource another transaction holds: then the request answers 409, and a
+    background batch is tried again later (up to `merge_max_attempts` times before the merge is undone)."""
+    merge_max_attempts: int = 5
 
     # Background work (outbox relay, Dramatiq workers) and notifications.
     redis_url: str | None = None

@@ -1,6 +1,9 @@
 """The FastAPI application: content negotiation, body limits, routing to interactions, OperationOutcome errors."""
 
+import asyncio
 import logging
+import random
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -8,6 +11,7 @@ from urllib.parse import parse_qsl
 from uuid import uuid4
 
 import orjson
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,7 +25,7 @@ from fhir_server.interactions.capabilities import capability_statement
 from fhir_server.messaging.webhooks import twilio_routes
 from fhir_server.request import JSON_CONTENT_TYPE, FHIRRequest, Outcome, error_outcome, informational
 from fhir_server.resource_types import resource_types
-from fhir_server.router import parse_target, route
+from fhir_server.router import Handler, parse_target, route
 from fhir_server.search.parameters import search_parameters
 from fhir_server.search.reindex import load_stored_search_parameters
 from fhir_server.settings import Settings, get_settings
@@ -38,6 +42,7 @@ PRESENTATION_PARAMETERS = frozenset({"_format", "_pretty"})
 # Below a tenant's base, the first segments served by the FastAPI routes rather than the FHIR API.
 TENANT_APP_ROUTES = frozenset({".well-known", "auth", "twilio"})
 WRITE_HANDLERS = frozenset({create.create, update.update, update.conditional_update, patch.patch})
+TRANSACTION_ATTEMPTS = 4
 
 
 def _media_types(header: str) -> list[str]:
@@ -120,6 +125,15 @@ def _render(req: FHIRRequest | None, outcome: Outcome, request: Request, write: 
     if "fhir" not in requested and ("application/json" in requested or requested == "json"):
         media = "application/json; charset=utf-8"
     return Response(body, outcome.status, headers, media_type=media if body is not None else None)
+
+
+def _new_request(request: Request, path: str, settings: Settings) -> FHIRRequest:
+    req = FHIRRequest(method=request.method, base_url=_base_url(request, settings),
+                      query=[(key, value) for key, value in request.query_params.multi_items()
+                             if key not in PRESENTATION_PARAMETERS],
+                      headers={key.lower(): value for key, value in request.headers.items()})
+    parse_target(req, path)
+    return req
 
 
 def _needs_transaction(req: FHIRRequest, handler: object) -> bool:
@@ -218,14 +232,11 @@ class FHIRApplication:
         req = None
         write = False
         try:
-            req = FHIRRequest(method=request.method, base_url=_base_url(request, self.settings),
-                              query=[(key, value) for key, value in request.query_params.multi_items()
-                                     if key not in PRESENTATION_PARAMETERS],
-                              headers={key.lower(): value for key, value in request.headers.items()})
-            parse_target(req, path)
+            req = _new_request(request, path, self.settings)
             if binary.takes(req):  # raw document bytes in or out: streamed, not through the JSON body path
                 return await self._documents(request, req)
             _negotiate(request)
+            raw = None
             if request.method in ("POST", "PUT", "PATCH"):
                 raw = await _read_body(request, self.settings.max_body_bytes)
                 req.body = _parse_body(req, request.headers.get("content-type", ""), raw)
@@ -237,15 +248,13 @@ class FHIRApplication:
             write = handler in WRITE_HANDLERS
             if self.settings.auth == "smart" and req.operation != "metadata":
                 req.principal = await self._authenticate(request, req)
-            run = handler if handler is transaction.process else partial(dispatch, handler=handler)
-            async with self.pool.connection() as conn:
-                if _needs_transaction(req, handler):
-                    async with conn.transaction():
-                        outcome = await run(conn, req)
-                else:
-                    outcome = await run(conn, req)
+            outcome = await self._run(req, handler, partial(self._again, request, path, raw, req.principal))
         except FHIRError as error:
             outcome = error_outcome(error)
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.TransactionRollback) as error:
+            log.info("%s %s gave up on a lock: %s", request.method, request.url.path, error)
+            outcome = error_outcome(FHIRError.of(409, "lock-error", "Another transaction holds resources this request "
+                                                                    "must change; try again later"))
         except Exception:
             request_id = uuid4().hex
             log.exception("request %s failed: %s %s", request_id, request.method, request.url.path)
@@ -253,6 +262,34 @@ class FHIRApplication:
                 "exception", f"Internal server error; quote request id {request_id} to the operator")])),
                 headers={"X-Request-Id": request_id})
         return _render(req, outcome, request, write)
+
+    async def _run(self, req: FHIRRequest, handler: Handler, again: Callable[[], FHIRRequest]) -> Outcome:
+        """The interaction, in one database transaction when it writes. PostgreSQL breaks a deadlock between
+        transactions (locks taken in different orders, e.g. a Bundle against a $merge) by rolling one back:
+        that one runs again from the start, on a fresh copy of the request (`again`), a few times."""
+        run = handler if handler is transaction.process else partial(dispatch, handler=handler)
+        attempt = 1
+        while True:
+            try:
+                async with self.pool.connection() as conn:
+                    if not _needs_transaction(req, handler):
+                        return await run(conn, req)
+                    async with conn.transaction():
+                        return await run(conn, req)
+            except psycopg.errors.TransactionRollback as error:
+                if attempt == TRANSACTION_ATTEMPTS:
+                    raise
+                log.info("%s %s rolled back (%s); running it again", req.method, req.resource_type or "", error)
+                await asyncio.sleep(random.uniform(0, 0.05 * attempt))
+                req = again()
+                attempt += 1
+
+    def _again(self, request: Request, path: str, raw: bytes | None, principal: Principal | None) -> FHIRRequest:
+        req = _new_request(request, path, self.settings)
+        if raw is not None:
+            req.body = _parse_body(req, request.headers.get("content-type", ""), raw)
+        req.principal = principal
+        return req
 
     async def _documents(self, request: Request, req: FHIRRequest) -> Response:
         if self.settings.auth == "smart":

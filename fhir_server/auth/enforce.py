@@ -11,14 +11,16 @@ from typing import TYPE_CHECKING
 from psycopg import AsyncConnection
 
 from fhir_server.auth.scopes import Grant, matching_grants, parse_scopes
-from fhir_server.errors import FHIRError
+from fhir_server.errors import FHIRError, Issue
 from fhir_server.search.compartment import compartment_condition
+from fhir_server.search.engine import find_matches
 
 if TYPE_CHECKING:
     from fhir_server.auth.tokens import AccessToken
 
-# Operations and the permission each needs on the request's resource type.
-OPERATION_PERMISSIONS = {"validate": "r", "match": "s", "everything": "r", "merge": "u", "unmerge": "u",
+# Operations and the permission each needs on the request's resource type. $merge and $unmerge check
+# further in their handlers (`authorize_changes`): a preview only reads, a merge writes many types.
+OPERATION_PERMISSIONS = {"validate": "r", "match": "s", "everything": "r", "merge": "r", "unmerge": "u",
                          "reindex": "u", "download": "r", "render": "r", "send-bulk": "c",
                          "semantic-search": "s"}
 
@@ -80,6 +82,38 @@ def permission_for(method: str, kind: str, operation: str | None) -> str:
         return OPERATION_PERMISSIONS.get(operation, "c")
     return {"read": "r", "vread": "r", "history-instance": "r", "search": "s", "history": "s",
             "create": "c", "update": "u", "patch": "u", "delete": "d"}[kind]
+
+
+async def authorize_changes(conn: AsyncConnection, principal: Principal | None, permission: str,
+                            resources: dict[str, list[str]], action: str) -> None:
+    """403 unless the caller's user/ or system/ scopes allow `permission` on every resource of `resources`
+    (type -> ids), filters of v2 scopes included; the issues name each type (or resource) refused.
+
+    For operations that change several patients' records at once (a merge): patient/ scopes, confined to
+    one patient's compartment, never suffice. `action` says what the operation would do to them ("rewrite").
+    """
+    if principal is None:
+        return
+    issues = []
+    for resource_type, ids in sorted(resources.items()):
+        grants = [grant for grant in matching_grants(principal.grants, resource_type, permission)
+                  if grant.context != "patient"]
+        if not grants:
+            issues.append(Issue("forbidden", f"The token's user/ or system/ scopes do not allow '{permission}' on "
+                                             f"{resource_type}, which the operation would {action} ({len(ids)} "
+                                             "resource(s))", expression=(resource_type,)))
+            continue
+        if any(not grant.filters for grant in grants):
+            continue
+        filters = list(grants[0].filters) if len({grant.filters for grant in grants}) == 1 else None
+        allowed = {fhir_id for _, fhir_id, _ in await find_matches(
+            conn, resource_type, [("_id", ",".join(ids)), *filters], limit=len(ids))} if filters else set()
+        issues += [Issue("forbidden", f"{resource_type}/{fhir_id} is outside what the token's '{permission}' scopes "
+                                      f"on {resource_type} allow (their search filters), and the operation would "
+                                      f"{action} it", expression=(f"{resource_type}/{fhir_id}",))
+                   for fhir_id in sorted(set(ids) - allowed)]
+    if issues:
+        raise FHIRError(403, issues)
 
 
 async def in_patient_compartment(conn: AsyncConnection, resource_type: str, fhir_id: str, patient: str) -> bool:

@@ -2,6 +2,7 @@
 
 `before_write` is the one hook the write interactions call (create, update, conditional update, patch); it
 also runs the document hooks (Binary bytes to the object store, DocumentReference attachment hashes).
+`after_delete` is the one the delete interactions call.
 """
 
 from typing import Any
@@ -22,3 +23,10 @@ async def before_write(conn: AsyncConnection, resource: dict[str, Any], fhir_id:
     if resource.get("resourceType") == "Patient":
         await mrn.ensure_mrn(conn, resource, fhir_id)
     await documents.before_write(conn, resource, fhir_id, base_url)
+
+
+async def after_delete(conn: AsyncConnection, resource_type: str, fhir_id: str) -> None:
+    """409 for a Patient that a background merge still needs. Called with the deleted row locked until the
+    commit, so a merge accepted meanwhile is seen here, or waits and then finds the Patient deleted."""
+    if resource_type == "Patient":
+        await replaced.refuse_during_merge(conn, [fhir_id], "deleted")

@@ -56,3 +56,18 @@ def retarget(resource: dict[str, Any], source: tuple[str, str], target: tuple[st
             reference["reference"] = (local_prefix if absolute else "") + f"{target[0]}/{target[1]}"
             changed += 1
     return changed
+
+
+def restore_references(prior: dict[str, Any], current: dict[str, Any], source_id: str, target_id: str,
+                       base_url: str | None) -> int:
+    """Undo a merge's rewrite in `current`: put back the references to Patient/`source_id` that `prior` had,
+    where they now name Patient/`target_id` (what changed elsewhere since is kept). Returns how many."""
+    restored = 0
+    for path, reference in references(prior):
+        if local_target(reference["reference"], base_url) != ("Patient", source_id):
+            continue
+        now = at_path(current, path)
+        if isinstance(now, dict) and local_target(now.get("reference") or "", base_url) == ("Patient", target_id):
+            now["reference"] = reference["reference"]
+            restored += 1
+    return restored

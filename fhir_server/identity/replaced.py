@@ -57,6 +57,18 @@ async def replacements(conn: AsyncConnection, patient_ids: list[str]) -> dict[st
     return {row[0]: row[1] for row in rows}
 
 
+async def refuse_during_merge(conn: AsyncConnection, patient_ids: list[str], action: str) -> None:
+    """409 if any of `patient_ids` is the source or the target of a merge that is still running in the
+    background (its Task not yet completed or failed): the job needs both patients as they are."""
+    row = await (await conn.execute(
+        "SELECT p.fhir_id, t.fhir_id FROM patient_merge_job j JOIN resource t ON t.id = j.task "
+        "JOIN resource p ON p.id IN (j.source, j.target) WHERE j.finished_at IS NULL "
+        "AND p.resource_type = 'Patient' AND p.fhir_id = ANY(%s) LIMIT 1", (patient_ids,))).fetchone()
+    if row is not None:
+        raise FHIRError.of(409, "conflict", f"A merge of Patient/{row[0]} is in progress (Task/{row[1]}): it cannot "
+                                            f"be {action} until that merge has completed or failed")
+
+
 async def refuse_replaced_references(conn: AsyncConnection, resource: dict[str, Any], base_url: str | None) -> None:
     """422 if `resource` references a Patient that was merged into another (or is being merged); costs
     nothing without Patient references, else the shared lock and one indexed lookup. The caller must be in

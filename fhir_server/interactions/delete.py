@@ -2,6 +2,7 @@
 
 from psycopg import AsyncConnection
 
+from fhir_server import identity
 from fhir_server.errors import FHIRError
 from fhir_server.interactions.common import matches_locked
 from fhir_server.request import FHIRRequest, Outcome
@@ -16,6 +17,7 @@ async def delete(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     deleted = await repository.delete(conn, req.resource_type, req.id)
     if deleted is None:
         return Outcome(204)
+    await identity.after_delete(conn, req.resource_type, req.id)
     req.deleted_targets.append((req.resource_type, req.id))
     if not req.deferred_reference_check and get_settings().enforce_referential_integrity_on_delete:
         await repository.ensure_not_referenced(conn, req.deleted_targets)
@@ -36,6 +38,7 @@ async def conditional_delete(conn: AsyncConnection, req: FHIRRequest) -> Outcome
                                                   f"{req.resource_type} resources")
     for _, fhir_id, _ in matches:
         if await repository.delete(conn, req.resource_type, fhir_id) is not None:
+            await identity.after_delete(conn, req.resource_type, fhir_id)
             req.deleted_targets.append((req.resource_type, fhir_id))
     if not req.deferred_reference_check and settings.enforce_referential_integrity_on_delete:
         await repository.ensure_not_referenced(conn, req.deleted_targets)

@@ -13,12 +13,14 @@ its one transaction; it answers 202 with the Task's address. patient_merge_job.p
 """
 
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 from psycopg import AsyncConnection
 
+from fhir_server.auth.enforce import authorize_changes
 from fhir_server.errors import FHIRError, Issue, operation_outcome
 from fhir_server.identity import merge_record, mrn, replaced
 from fhir_server.identity.references import local_target, retarget
@@ -100,25 +102,47 @@ async def _current(conn: AsyncConnection, fhir_id: str, role: str, lock: bool) -
     return stored
 
 
-async def referrer_ids(conn: AsyncConnection, patient_id_: str) -> list[int]:
-    """The row ids of every current resource that references Patient/`patient_id_`, in row order: the list
-    a merge fixes before it rewrites anything. Left out: the Patient itself, the historical types, and the
-    Tasks of merges (records of a merge, like its Provenance)."""
+@dataclass(frozen=True, slots=True)
+class Referrer:
+    pk: int
+    resource_type: str
+    fhir_id: str
+
+
+async def referrers(conn: AsyncConnection, patient_id_: str) -> list[Referrer]:
+    """Every current resource that references Patient/`patient_id_`, in row order: the list a merge fixes
+    before it rewrites anything. Left out: the Patient itself, the historical types, and the Tasks of merges
+    (records of a merge, like its Provenance)."""
     rows = await (await conn.execute(
-        "SELECT r.id FROM resource r WHERE r.id IN (SELECT sr.resource_id FROM search_reference sr "
-        "WHERE sr.target_type = 'Patient' AND sr.target_id = %s AND sr.target_url IS NULL) AND NOT r.deleted "
-        "AND r.resource_type <> ALL(%s) AND NOT (r.resource_type = 'Patient' AND r.fhir_id = %s) "
+        "SELECT r.id, r.resource_type, r.fhir_id FROM resource r WHERE r.id IN (SELECT sr.resource_id "
+        "FROM search_reference sr WHERE sr.target_type = 'Patient' AND sr.target_id = %s AND sr.target_url IS NULL) "
+        "AND NOT r.deleted AND r.resource_type <> ALL(%s) AND NOT (r.resource_type = 'Patient' AND r.fhir_id = %s) "
         "AND r.id NOT IN (SELECT task FROM patient_merge_job) ORDER BY r.id",
         (patient_id_, sorted(replaced.HISTORICAL_TYPES), patient_id_))).fetchall()
-    return [row[0] for row in rows]
+    return [Referrer(*row) for row in rows]
+
+
+def by_type(patient_ids: list[str], referrers_: list[Referrer]) -> dict[str, list[str]]:
+    """The ids a merge would change, by type: both patients and the referrers (what it must be allowed to)."""
+    changed: dict[str, list[str]] = {"Patient": list(patient_ids)}
+    for referrer in referrers_:
+        changed.setdefault(referrer.resource_type, []).append(referrer.fhir_id)
+    return changed
 
 
 async def current_rows(conn: AsyncConnection, ids: list[int], lock: bool) -> list[StoredResource]:
-    """The current versions of the resources with row ids `ids`, in row order; locked for a rewrite."""
+    """The current versions of the resources with row ids `ids`, in row order, less any deleted meanwhile;
+    locked for a rewrite, in that order (the order every merge locks in, so merges never deadlock)."""
     rows = await (await conn.execute(
         "SELECT id, resource_type, fhir_id, version_id, last_updated, deleted, content FROM resource "
-        "WHERE id = ANY(%s) ORDER BY id" + (" FOR UPDATE" if lock else ""), (ids,))).fetchall()
+        "WHERE id = ANY(%s) AND NOT deleted ORDER BY id" + (" FOR UPDATE" if lock else ""), (ids,))).fetchall()
     return [StoredResource(*row) for row in rows]
+
+
+async def limit_lock_waits(conn: AsyncConnection, seconds: float) -> None:
+    """A merge gives up (LockNotAvailable) rather than wait longer than `seconds` for a row or lock held by
+    another transaction: it holds its source's lock meanwhile, and every write naming the source waits on it."""
+    await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(seconds * 1000)}ms",))
 
 
 def outcome_of(summary: str, counts: Counter, references: int, severity: str = "information") -> dict[str, Any]:
@@ -167,11 +191,14 @@ async def merge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     if source_id == target_id:
         raise FHIRError.of(422, "business-rule", f"Patient/{source_id} cannot be merged into itself")
     result_patient = _result_patient(parameters, target_id, source_id)
+    settings = get_settings()
     if not preview:
+        await limit_lock_waits(conn, settings.merge_lock_timeout)
         await replaced.lock_for_merge(conn, source_id)  # before any row lock: writers never wait on ours
     # Lock in id order, so two merges of the same pair cannot deadlock.
     stored = {fhir_id: await _current(conn, fhir_id, role, not preview)
               for fhir_id, role in sorted([(source_id, "source"), (target_id, "target")])}
+    await replaced.refuse_during_merge(conn, [source_id, target_id], "merged")
     source, target = stored[source_id].json(), stored[target_id].json()
     already = replaced_by(source) or (await replaced.replacements(conn, [source_id])).get(source_id)
     if already:
@@ -181,17 +208,14 @@ async def merge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
                                                  "Patient; merge into that one")
     if target.get("active") is False:
         raise FHIRError.of(422, "business-rule", f"The target Patient/{target_id} is inactive")
-    running = await (await conn.execute(
-        "SELECT t.fhir_id FROM patient_merge_job j JOIN resource t ON t.id = j.task "
-        "WHERE j.target = %s AND j.finished_at IS NULL LIMIT 1", (stored[source_id].pk,))).fetchone()
-    if running:
-        raise FHIRError.of(422, "business-rule", f"Patient/{source_id} is the target of a merge still in progress "
-                                                 f"(Task/{running[0]}); merge it away once that has completed")
 
     new_target = result_patient or merged_target(target, source, source_id)
     await mrn.ensure_mrn(conn, new_target, target_id)  # a result-patient without the MRN keeps the target's
-    ids = await referrer_ids(conn, source_id)
-    if not preview and (len(ids) > get_settings().merge_sync_limit or req.prefer("respond-async") is not None):
+    found = await referrers(conn, source_id)
+    await authorize_changes(conn, req.principal, "r" if preview else "u", by_type([source_id, target_id], found),
+                            "read for the preview" if preview else "rewrite")
+    ids = [referrer.pk for referrer in found]
+    if not preview and (len(ids) > settings.merge_sync_limit or req.prefer("respond-async") is not None):
         return await _accept(conn, req, parameters, stored[source_id], stored[target_id], result_patient, ids)
     counts: Counter = Counter()
     references = 0

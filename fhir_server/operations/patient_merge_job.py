@@ -8,9 +8,12 @@ and leaves the row of the next batch. The batch that reaches the end of the list
 settled and does nothing; a batch interrupted before its commit leaves nothing behind and is done again,
 from the same position, when the message is retried or redelivered.
 
-A merge that cannot complete (any error but the database being unreachable, e.g. the target was deleted
-meanwhile) fails its Task with an OperationOutcome. The resources already rewritten keep referencing the
-target and a Provenance lists them; the source is no longer marked as replaced, so $merge can run again.
+A batch that meets a resource held by another transaction (past `merge_lock_timeout`, or a deadlock) is
+tried again later, with growing delays. A merge that cannot complete (that, `merge_max_attempts` times for
+one batch, or any other error but the database being unreachable) is undone, so that it changes nothing:
+the job records the failure, and its batches from then on restore the references they had rewritten,
+last first, each as a new version, before the Task fails with the error and Provenances of the rewrites and
+of their undoing. The source is then no longer marked as replaced, and $merge can run again.
 """
 
 import logging
@@ -19,13 +22,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import AsyncConnection
 
-from fhir_server.errors import FHIRError, Issue, operation_outcome
+from fhir_server.errors import FHIRError, Issue
 from fhir_server.identity import merge_record, mrn
-from fhir_server.operations.patient_merge import (TOPIC, current_rows, merged_target, outcome_of, progress_text,
-                                                  record_merge, rewrite)
+from fhir_server.identity.references import restore_references
+from fhir_server.operations.patient_merge import (TOPIC, current_rows, limit_lock_waits, merged_target, outcome_of,
+                                                  progress_text, record_merge, rewrite)
 from fhir_server.settings import Settings
 from fhir_server.storage import repository
 from fhir_server.storage.repository import StoredResource, instant
@@ -33,6 +38,9 @@ from fhir_server.worker import outbox
 from fhir_server.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+# Another transaction held a row past the lock timeout, or PostgreSQL broke a deadlock by aborting the batch.
+CONTENTION = (psycopg.errors.LockNotAvailable, psycopg.errors.TransactionRollback)
 
 
 @dataclass(slots=True)
@@ -45,6 +53,8 @@ class Job:
     total: int
     done: int
     finished: bool
+    failure: list[dict[str, Any]] | None
+    """The OperationOutcome issues of the error that failed the merge; set while it is being undone."""
 
 
 def perform(runtime: Runtime, outbox_id: int) -> None:
@@ -53,9 +63,14 @@ def perform(runtime: Runtime, outbox_id: int) -> None:
 
 
 async def _perform(runtime: Runtime, outbox_id: int) -> None:
+    settings = runtime.settings
     try:
         async with runtime.pool.connection() as conn, conn.transaction():
-            await step(conn, runtime.settings, outbox_id)
+            await limit_lock_waits(conn, settings.merge_lock_timeout)
+            await step(conn, settings, outbox_id)
+    except CONTENTION as error:
+        async with runtime.pool.connection() as conn, conn.transaction():
+            await _contended(conn, settings, outbox_id, error)
     except psycopg.OperationalError:
         raise  # the database was away: Dramatiq retries, and the batch starts over where it was
     except Exception as error:
@@ -71,7 +86,7 @@ async def _job(conn: AsyncConnection, task_id: str) -> Job | None:
     if task is None:
         return None
     row = await (await conn.execute(
-        "SELECT source, target, base_url, result_patient, total, done, finished_at IS NOT NULL "
+        "SELECT source, target, base_url, result_patient, total, done, finished_at IS NOT NULL, failure "
         "FROM patient_merge_job WHERE task = %s FOR UPDATE", (task.pk,))).fetchone()
     return Job(task, *row) if row else None
 
@@ -84,7 +99,8 @@ async def _patient(conn: AsyncConnection, pk: int) -> StoredResource:
 
 
 async def step(conn: AsyncConnection, settings: Settings, outbox_id: int) -> None:
-    """One message's work: the next batch, and the completion if that was the last one."""
+    """One message's work: the next batch, and the completion if that was the last one; or, once the
+    merge has failed, the next batch of its undo, and the end of the failure if that was the last one."""
     row = await outbox.lock(conn, outbox_id)
     if row is None or row.state in outbox.FINAL or (row.state == "pending" and not row.due):
         return  # redelivered, or rescheduled meanwhile
@@ -94,28 +110,46 @@ async def step(conn: AsyncConnection, settings: Settings, outbox_id: int) -> Non
     if job is None or job.finished:
         return
     source, target = await _patient(conn, job.source_pk), await _patient(conn, job.target_pk)
-    if target.deleted:
-        raise FHIRError.of(422, "business-rule", f"The target Patient/{target.fhir_id} was deleted while the "
-                                                 "merge was in progress")
+    size = max(1, settings.merge_sync_limit)
+    if job.failure is not None:
+        job.done -= await _undo_batch(conn, job, source.fhir_id, target.fhir_id, size)
+        if job.done > 0:
+            await _update_task(conn, job, "in-progress", undo_text(job))
+            await _next(conn, job)
+        else:
+            await _finish_failed(conn, job)
+        return
+    for patient in (source, target):
+        if patient.deleted:  # deletes are refused while the merge runs (identity.after_delete)
+            raise FHIRError.of(422, "business-rule", f"Patient/{patient.fhir_id} was deleted while the merge was "
+                                                     "in progress")
     if job.done < job.total:
-        job.done += await _batch(conn, job, source.fhir_id, target.fhir_id, max(1, settings.merge_sync_limit))
+        job.done += await _batch(conn, job, source.fhir_id, target.fhir_id, size)
     if job.done < job.total:
         await _update_task(conn, job, "in-progress", progress_text(job.done, job.total))
-        await outbox.schedule(conn, TOPIC, "Task", job.task.fhir_id, targets=[""], added=[""],
-                              due_at=datetime.now(timezone.utc), priority=3)
+        await _next(conn, job)
     else:
         await _complete(conn, job, source, target)
 
 
+async def _next(conn: AsyncConnection, job: Job) -> None:
+    await outbox.schedule(conn, TOPIC, "Task", job.task.fhir_id, targets=[""], added=[""],
+                          due_at=datetime.now(timezone.utc), priority=3)
+
+
 async def _batch(conn: AsyncConnection, job: Job, source_id: str, target_id: str, size: int) -> int:
-    """Rewrite the next `size` resources of the list from position `done`; returns how many were taken."""
+    """Rewrite the next `size` resources of the list from position `done`; returns how many were taken.
+    A resource deleted since the list was fixed is passed over."""
     items = await (await conn.execute(
         "SELECT position, resource_id FROM patient_merge_referrer WHERE task = %s AND position >= %s "
         "ORDER BY position LIMIT %s", (job.task.pk, job.done, size))).fetchall()
     current = {stored.pk: stored for stored in await current_rows(conn, [pk for _, pk in items], lock=True)}
     recorded = []
     for position, pk in items:
-        referrer = current[pk]
+        referrer = current.get(pk)
+        if referrer is None:
+            recorded.append((None, None, 0, job.task.pk, position))
+            continue
         resource, rewritten = rewrite(referrer, source_id, target_id, job.base_url)
         after = None
         if rewritten:
@@ -130,22 +164,48 @@ async def _batch(conn: AsyncConnection, job: Job, source_id: str, target_id: str
     return len(items)
 
 
-async def _rewritten(conn: AsyncConnection, job: Job) -> tuple[list[merge_record.Change], Counter, int]:
-    """What the batches so far changed: the Provenance's changes, counts by type, references in all."""
+async def _undo_batch(conn: AsyncConnection, job: Job, source_id: str, target_id: str, size: int) -> int:
+    """Restore the references the batches rewrote at the `size` positions before `done` (each resource as it
+    is now, changes made since kept); returns how many positions that covers."""
+    first = max(0, job.done - size)
+    items = await (await conn.execute(
+        "SELECT i.position, i.resource_id, v.content FROM patient_merge_referrer i JOIN resource_version v "
+        "ON v.resource_id = i.resource_id AND v.version_id = i.version_before WHERE i.task = %s "
+        "AND i.position >= %s AND i.position < %s AND i.version_after IS NOT NULL ORDER BY i.position",
+        (job.task.pk, first, job.done))).fetchall()
+    current = {stored.pk: stored for stored in await current_rows(conn, [pk for _, pk, _ in items], lock=True)}
+    recorded = []
+    for position, pk, prior in items:
+        referrer = current.get(pk)
+        if referrer is None:
+            continue  # deleted since: nothing references the target any more
+        resource = referrer.json()
+        if restore_references(orjson.loads(prior), resource, source_id, target_id, job.base_url):
+            written, _ = await repository.update(conn, resource, referrer.fhir_id, base_url=job.base_url)
+            recorded.append((referrer.version_id, written.version_id, job.task.pk, position))
+    async with conn.cursor() as cursor:
+        await cursor.executemany("UPDATE patient_merge_referrer SET undo_before = %s, undo_after = %s "
+                                 "WHERE task = %s AND position = %s", recorded)
+    await conn.execute("UPDATE patient_merge_job SET done = %s WHERE task = %s", (first, job.task.pk))
+    return job.done - first
+
+
+async def _changes(conn: AsyncConnection, job: Job, undo: bool = False
+                   ) -> tuple[list[merge_record.Change], Counter, int]:
+    """What the batches changed (or, with `undo`, what undoing them changed): the Provenance's changes,
+    counts by type, and references in all."""
+    before, after = ("i.undo_before", "i.undo_after") if undo else ("i.version_before", "i.version_after")
     rows = await (await conn.execute(
-        "SELECT r.resource_type, r.fhir_id, i.version_before, i.version_after, i.rewritten "
+        f"SELECT r.resource_type, r.fhir_id, {before}, {after}, i.rewritten "
         "FROM patient_merge_referrer i JOIN resource r ON r.id = i.resource_id "
-        "WHERE i.task = %s AND i.version_after IS NOT NULL ORDER BY i.position", (job.task.pk,))).fetchall()
+        f"WHERE i.task = %s AND {after} IS NOT NULL ORDER BY i.position", (job.task.pk,))).fetchall()
     counts = Counter(row[0] for row in rows)
     return [(kind, fhir_id, before, after) for kind, fhir_id, before, after, _ in rows], counts, \
         sum(row[4] for row in rows)
 
 
 async def _complete(conn: AsyncConnection, job: Job, source: StoredResource, target: StoredResource) -> None:
-    if source.deleted:
-        raise FHIRError.of(422, "business-rule", f"The source Patient/{source.fhir_id} was deleted while the "
-                                                 "merge was in progress")
-    changes, counts, references = await _rewritten(conn, job)
+    changes, counts, references = await _changes(conn, job)
     new_target = job.result_patient or merged_target(target.json(), source.json(), source.fhir_id)
     await mrn.ensure_mrn(conn, new_target, target.fhir_id)
     result, record = await record_merge(conn, source, target, new_target, changes, job.base_url)
@@ -158,30 +218,81 @@ async def _complete(conn: AsyncConnection, job: Job, source: StoredResource, tar
     await conn.execute("UPDATE patient_merge_job SET finished_at = now() WHERE task = %s", (job.task.pk,))
 
 
+def undo_text(job: Job) -> str:
+    return f"failed; undoing: {job.done} of {job.total} referencing resources left to restore"
+
+
+async def _contended(conn: AsyncConnection, settings: Settings, outbox_id: int, error: Exception) -> None:
+    """The batch met a resource another transaction held: it is tried again after a growing delay. A merge
+    gives up (and is undone) after `merge_max_attempts` tries of one batch; an undo never gives up."""
+    row = await outbox.lock(conn, outbox_id)
+    if row is None or row.state in outbox.FINAL:
+        return
+    job = await _job(conn, row.fhir_id)
+    if job is not None and not job.finished and job.failure is None \
+            and row.attempts + 1 >= settings.merge_max_attempts:
+        await outbox.settle(conn, row.id, "dead", error=f"{type(error).__name__}: {error}"[:1000],
+                            count_attempt=True)
+        await _start_undo(conn, job, [Issue("lock-error", f"Resources the merge must rewrite stayed locked by other "
+                                                          f"transactions through {row.attempts + 1} attempts "
+                                                          f"({str(error).strip()})")])
+        return
+    delay = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** row.attempts)
+    await outbox.settle(conn, row.id, "pending", error=f"{type(error).__name__}: {error}"[:1000], retry_in=delay,
+                        count_attempt=True)
+
+
 async def _fail(conn: AsyncConnection, outbox_id: int, error: Exception) -> None:
-    """Fail the Task with an OperationOutcome; what was rewritten stays, with a Provenance listing it."""
+    """Dead-letter the message and undo the merge (an error while undoing leaves the Task in progress, for
+    the operator: the server log has it)."""
     row = await outbox.lock(conn, outbox_id)
     if row is None:
         return
     await outbox.settle(conn, row.id, "dead", error=f"{type(error).__name__}: {error}"[:1000], count_attempt=True)
     job = await _job(conn, row.fhir_id)
-    if job is None or job.finished:
+    if job is None or job.finished or job.failure is not None:
         return
-    issues = error.issues if isinstance(error, FHIRError) else [
-        Issue("exception", "The merge failed on an internal error; the server log has the details")]
-    changes, _, _ = await _rewritten(conn, job)
+    await _start_undo(conn, job, error.issues if isinstance(error, FHIRError) else [
+        Issue("exception", "The merge failed on an internal error; the server log has the details")])
+
+
+async def _start_undo(conn: AsyncConnection, job: Job, issues: list[Issue]) -> None:
+    job.failure = [issue.to_json() for issue in issues]
+    await conn.execute("UPDATE patient_merge_job SET failure = %s WHERE task = %s",
+                       (orjson.dumps(job.failure).decode(), job.task.pk))
+    if job.done == 0:
+        await _finish_failed(conn, job)
+        return
+    await _update_task(conn, job, "in-progress", undo_text(job))
+    await _next(conn, job)
+
+
+async def _finish_failed(conn: AsyncConnection, job: Job) -> None:
+    """The end of a failed merge, its rewrites all undone: the Task fails with the error; Provenances record
+    the rewrites and their undoing; the source is open to references (and merges) again."""
+    changes, _, _ = await _changes(conn, job)
+    restored, _, _ = await _changes(conn, job, undo=True)
+    now = datetime.now(timezone.utc)
     linked = []
-    summary = f"{len(changes)} of {job.total} referencing resource(s) had been rewritten to reference the target"
+    summary = "Nothing was rewritten"
     if changes:
-        record = await repository.create(conn, merge_record.provenance("merge", changes, datetime.now(timezone.utc)),
-                                         base_url=job.base_url)
-        linked.append(("provenance", f"Provenance/{record.fhir_id}"))
-        summary += f" (Provenance/{record.fhir_id} lists them)"
-    issues = [*issues, Issue("informational", summary + "; the source is no longer marked as replaced, and "
-                                              "$merge can be run again to finish", severity="information")]
+        merged = await repository.create(conn, merge_record.provenance("merge", changes, now), base_url=job.base_url)
+        linked.append(("provenance", f"Provenance/{merged.fhir_id}"))
+        summary = (f"{len(changes)} of {job.total} referencing resource(s) had been rewritten (Provenance/"
+                   f"{merged.fhir_id}); the references to the source were put back in {len(restored)} of them")
+        if restored:
+            undone = await repository.create(conn, merge_record.provenance("unmerge", restored, now,
+                                                                           [f"Provenance/{merged.fhir_id}"]),
+                                             base_url=job.base_url)
+            linked.append(("provenance", f"Provenance/{undone.fhir_id}"))
+            summary += f" (Provenance/{undone.fhir_id})"
+        summary += " and the others no longer existed or referenced the target" if len(restored) < len(changes) else ""
+    summary += ("; the merge changed nothing else, the source is no longer marked as replaced, and $merge can "
+                "be run again")
+    outcome = {"resourceType": "OperationOutcome",
+               "issue": [*job.failure, Issue("informational", summary, severity="information").to_json()]}
     await conn.execute("DELETE FROM patient_replaced WHERE source = %s AND provenance IS NULL", (job.source_pk,))
-    await _update_task(conn, job, "failed", progress_text(job.done, job.total) + "; failed",
-                       operation_outcome(issues), linked)
+    await _update_task(conn, job, "failed", "failed; undone", outcome, linked)
     await conn.execute("UPDATE patient_merge_job SET finished_at = now() WHERE task = %s", (job.task.pk,))
 
 

@@ -13,14 +13,16 @@ from typing import Any
 import orjson
 from psycopg import AsyncConnection
 
+from fhir_server.auth.enforce import authorize_changes
 from fhir_server.errors import FHIRError
-from fhir_server.identity import merge_record
-from fhir_server.identity.references import at_path, local_target, references
+from fhir_server.identity import merge_record, replaced
+from fhir_server.identity.references import local_target, restore_references
 from fhir_server.operations import parameters as params
 from fhir_server.operations.definitions import canonical
 from fhir_server.operations.patient_lookup import patient_id
-from fhir_server.operations.patient_merge import outcome_of
+from fhir_server.operations.patient_merge import limit_lock_waits, outcome_of
 from fhir_server.request import FHIRRequest, Outcome
+from fhir_server.settings import get_settings
 from fhir_server.storage import repository
 
 NAME = "unmerge"
@@ -39,6 +41,7 @@ async def _merge_row(conn: AsyncConnection, req: FHIRRequest, parameters: list[d
         condition, value = "pr.resource_type = 'Provenance' AND pr.fhir_id = %s", target[1]
     else:
         source_id = await patient_id(conn, parameters, "source-patient", req.base_url)
+        await replaced.refuse_during_merge(conn, [source_id], "unmerged")
         condition, value = "s.resource_type = 'Patient' AND s.fhir_id = %s", source_id
     row = await (await conn.execute(
         "SELECT s.fhir_id, t.fhir_id, pr.fhir_id FROM patient_replaced p JOIN resource s ON s.id = p.source "
@@ -47,20 +50,6 @@ async def _merge_row(conn: AsyncConnection, req: FHIRRequest, parameters: list[d
     if row is None:
         raise FHIRError.of(422, "not-found", "No merge to undo: it was never made, or was undone already")
     return row[0], row[1], row[2]
-
-
-def _restore_references(prior: dict[str, Any], current: dict[str, Any], source_id: str, target_id: str,
-                        base_url: str) -> int:
-    """Put back, in `current`, the references to the source that `prior` had, where they now name the target."""
-    restored = 0
-    for path, reference in references(prior):
-        if local_target(reference["reference"], base_url) != ("Patient", source_id):
-            continue
-        now = at_path(current, path)
-        if isinstance(now, dict) and local_target(now.get("reference") or "", base_url) == ("Patient", target_id):
-            now["reference"] = reference["reference"]
-            restored += 1
-    return restored
 
 
 def _without_merge(current: dict[str, Any], prior: dict[str, Any], merged: dict[str, Any],
@@ -96,9 +85,14 @@ async def unmerge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     if req.method != "POST":
         raise FHIRError.of(405, "not-supported", "$unmerge changes data: use POST")
     parameters = params.parameter_list(req)
+    await limit_lock_waits(conn, get_settings().merge_lock_timeout)
     source_id, target_id, provenance_id = await _merge_row(conn, req, parameters)
     record = await repository.read(conn, "Provenance", provenance_id)
     assert record is not None
+    changed: dict[str, list[str]] = {}
+    for kind, fhir_id, _, _ in merge_record.changes_of(record.json()):
+        changed.setdefault(kind, []).append(fhir_id)
+    await authorize_changes(conn, req.principal, "u", changed, "restore")
     counts: Counter = Counter()
     restored = 0
     changes: list[merge_record.Change] = []
@@ -115,7 +109,7 @@ async def unmerge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
                 content = _without_merge(current.json(), prior, await _version(conn, kind, fhir_id, after), other)
         else:
             content = current.json()
-            count = _restore_references(prior, content, source_id, target_id, req.base_url)
+            count = restore_references(prior, content, source_id, target_id, req.base_url)
             if not count:
                 continue
             counts[kind] += 1

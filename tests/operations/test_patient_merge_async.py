@@ -4,6 +4,7 @@ failure; and writes racing a merge, synchronous or not."""
 import asyncio
 import time
 
+import orjson
 import psycopg
 import pytest
 
@@ -72,7 +73,8 @@ def references_to(db, patient_id: str) -> int:
 
 
 async def test_limit_decides_sync_or_async_and_source_is_closed_at_once(configured_client, db) -> None:
-    async with configured_client(FHIR_MERGE_SYNC_LIMIT="10") as client:
+    async with configured_client(FHIR_MERGE_SYNC_LIMIT="10",
+                                 FHIR_ENFORCE_REFERENTIAL_INTEGRITY_ON_DELETE="false") as client:
         source, target, _ = await pair_with_referrers(client, 10)
         assert (await merge(client, source, target)).status_code == 200  # at the limit: synchronous
 
@@ -87,14 +89,19 @@ async def test_limit_decides_sync_or_async_and_source_is_closed_at_once(configur
         # No worker runs here: the merge is only accepted, and the source already takes no new references.
         refused = await client.post("/Observation", json=observation(source))
         assert refused.status_code == 422 and f"Patient/{target}" in refused.text
-        again = await merge(client, source, target)
-        assert again.status_code == 422 and "already merged" in again.text
+        # While it runs, neither patient can be merged, unmerged or deleted: 409, saying which Task runs.
         third = await created(client, {"resourceType": "Patient", "name": [{"family": "Third"}]})
-        onward = await merge(client, target, third)  # the target of a running merge stays put
-        assert onward.status_code == 422 and "still in progress" in onward.text
-        unmerge = await client.post("/Patient/$unmerge", json={"resourceType": "Parameters", "parameter": [
-            {"name": "source-patient", "valueReference": ref(source)}]})
-        assert unmerge.status_code == 422
+        refusals = [await merge(client, source, target), await merge(client, target, third),
+                    await merge(client, third, source), await merge(client, third, target),
+                    await client.post("/Patient/$unmerge", json={"resourceType": "Parameters", "parameter": [
+                        {"name": "source-patient", "valueReference": ref(source)}]}),
+                    await client.delete(f"/Patient/{target}"), await client.delete(f"/Patient/{source}"),
+                    await client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+                        {"request": {"method": "DELETE", "url": f"Patient/{target}"}}]})]
+        for refused in refusals:
+            assert refused.status_code == 409, refused.text
+            assert "merge" in refused.text and f"in progress (Task/{task_id})" in refused.text
+    assert not read(db, "Patient", target).get("link") and read(db, "Patient", third)["meta"]["versionId"] == "1"
     [(state, topic)] = db.execute("SELECT state, topic FROM outbox").fetchall()
     assert (state, topic) == ("pending", "patient-merge")
 
@@ -185,22 +192,80 @@ async def test_redelivered_and_interrupted_batches_apply_once(configured_client,
     assert db.execute("SELECT count(*) FROM resource WHERE resource_type = 'Provenance'").fetchone()[0] == 1
 
 
-async def test_failure_fails_the_task_and_reopens_the_source(configured_client, background_app, db) -> None:
-    async with configured_client(FHIR_MERGE_SYNC_LIMIT="2",
-                                 FHIR_ENFORCE_REFERENTIAL_INTEGRITY_ON_DELETE="false") as client:
-        source, target, _ = await pair_with_referrers(client, 3)
-        task_id = task_id_of(await merge(client, source, target))
-        assert (await client.delete(f"/Patient/{target}")).status_code in (200, 204)
-    async with background_app(FHIR_MERGE_SYNC_LIMIT="2") as (_, client):
+def nth_observation(db, index: int) -> str:
+    """The id of the Observation at `index` in row order, the order a merge's list takes."""
+    return db.execute("SELECT fhir_id FROM resource WHERE resource_type = 'Observation' ORDER BY id "
+                      "OFFSET %s LIMIT 1", (index,)).fetchone()[0]
+
+
+def hold(blocker: psycopg.Connection, resource_type: str, fhir_id: str) -> None:
+    """Lock the resource's row in `blocker`'s transaction, as a long-running transaction of a client would."""
+    blocker.execute("SELECT 1 FROM resource WHERE resource_type = %s AND fhir_id = %s FOR UPDATE",
+                    (resource_type, fhir_id))
+
+
+async def test_a_merge_that_cannot_finish_is_undone(background_app, database_url, db) -> None:
+    """The second batch meets a row another transaction holds past the lock timeout, twice: the merge gives
+    up, and the first batch's rewrites are undone, so that the merge changes nothing."""
+    async with background_app(FHIR_MERGE_SYNC_LIMIT="10", FHIR_MERGE_LOCK_TIMEOUT="0.3",
+                              FHIR_MERGE_MAX_ATTEMPTS="2") as (_, client):
         client.base_url = "http://test/fhir"
-        await eventually(lambda: read(db, "Task", task_id)["status"] == "failed", seconds=20)
+        source, target, observations = await pair_with_referrers(client, 25)
+        before = {fhir_id: (await client.get(f"/Observation/{fhir_id}")).json() for fhir_id in observations}
+        first_batch = {nth_observation(db, index) for index in range(10)}
+        with psycopg.connect(database_url) as blocker:
+            hold(blocker, "Observation", nth_observation(db, 14))
+            task_id = task_id_of(await merge(client, source, target))
+            await eventually(lambda: read(db, "Task", task_id)["status"] == "failed", seconds=30)
         task = (await client.get(f"/Task/{task_id}")).json()
+        history = (await client.get(f"/Task/{task_id}/_history")).json()
         assert validate_resource(task, "Task") == []
         issues = contained_outcome(task)["issue"]
-        assert issues[0]["severity"] == "error" and f"Patient/{target} was deleted" in issues[0]["diagnostics"]
-        assert "0 of 3" in issues[1]["diagnostics"]
+        assert issues[0]["severity"] == "error" and issues[0]["code"] == "lock-error"
+        assert "stayed locked by other transactions through 2 attempts" in issues[0]["diagnostics"]
+        assert "10 of 25 referencing resource(s) had been rewritten" in issues[1]["diagnostics"]
+        assert "put back in 10 of them" in issues[1]["diagnostics"]
+        for fhir_id, original in before.items():
+            now = (await client.get(f"/Observation/{fhir_id}")).json()
+            assert now["meta"]["versionId"] == ("3" if fhir_id in first_batch else "1")
+            assert {**now, "meta": None} == {**original, "meta": None}
+        for patient in (source, target):
+            assert (await client.get(f"/Patient/{patient}")).json()["meta"]["versionId"] == "1"
+        # The source takes references, and merges, again.
         assert (await client.post("/Observation", json=observation(source))).status_code == 201
-    assert db.execute("SELECT state FROM outbox").fetchall() == [("dead",)]
+        provenances = {output["valueReference"]["reference"] for output in task["output"][1:]}
+    statuses = sorted((int(entry["resource"]["meta"]["versionId"]), entry["resource"]["status"],
+                       entry["resource"]["businessStatus"]["text"]) for entry in history["entry"])
+    assert [status[1:] for status in statuses] == [
+        ("requested", "rewritten 0 of 25 referencing resources"),
+        ("in-progress", "rewritten 10 of 25 referencing resources"),
+        ("in-progress", "failed; undoing: 10 of 25 referencing resources left to restore"),
+        ("failed", "failed; undone")]
+    records = {f"Provenance/{row[0]}": orjson.loads(row[1]) for row in db.execute(
+        "SELECT fhir_id, content FROM resource WHERE resource_type = 'Provenance'").fetchall()}
+    assert set(records) == provenances
+    activities = sorted((record["activity"]["coding"][0]["code"], len(record["target"]))
+                        for record in records.values())
+    assert activities == [("merge", 10), ("unmerge", 10)]
+    assert db.execute("SELECT count(*) FROM patient_replaced").fetchone()[0] == 0
+    assert references_to(db, target) == 0
+    assert db.execute("SELECT state, count(*) FROM outbox GROUP BY 1 ORDER BY 1").fetchall() == [
+        ("dead", 1), ("done", 2)]
+
+
+async def test_a_synchronous_merge_that_cannot_lock_changes_nothing(configured_client, database_url, db) -> None:
+    async with configured_client(FHIR_MERGE_LOCK_TIMEOUT="0.3") as client:
+        source, target, observations = await pair_with_referrers(client, 5)
+        versions = db.execute("SELECT count(*) FROM resource_version").fetchone()[0]
+        with psycopg.connect(database_url) as blocker:
+            hold(blocker, "Observation", observations[3])
+            response = await asyncio.wait_for(merge(client, source, target), 10)
+        assert response.status_code == 409, response.text
+        assert response.json()["issue"][0]["code"] == "lock-error"
+        assert db.execute("SELECT count(*) FROM resource_version").fetchone()[0] == versions
+        assert db.execute("SELECT count(*) FROM patient_replaced").fetchone()[0] == 0
+        assert (await client.post("/Observation", json=observation(source))).status_code == 201
+        assert (await merge(client, source, target)).status_code == 200
 
 
 async def _wait_for_lock(db, query_part: str, seconds: float = 10) -> None:
