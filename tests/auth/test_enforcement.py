@@ -33,14 +33,21 @@ async def system_token(aconn: psycopg.AsyncConnection, http: httpx.AsyncClient, 
 
 async def patient_token(aconn: psycopg.AsyncConnection, http: httpx.AsyncClient, patient: str, scope: str) -> str:
     """A token from the authorization code flow of a pre-approved app for a user bound to `patient`."""
+    return await user_token(aconn, http, scope, patient)
+
+
+async def user_token(aconn: psycopg.AsyncConnection, http: httpx.AsyncClient, scope: str,
+                     patient: str | None = None) -> str:
+    """A token from the authorization code flow of a pre-approved app for a new user (bound to `patient`,
+    with launch/patient, if given)."""
     user = f"user-{secrets.token_hex(4)}"
     await add_user(aconn, user, "pw", patient=patient)
-    registered, _ = await add_client(aconn, "app", "public", [REDIRECT], ["launch/patient", *scope.split()],
-                                     pre_approved_user=user)
+    scope = f"launch/patient {scope}" if patient else scope
+    registered, _ = await add_client(aconn, "app", "public", [REDIRECT], scope.split(), pre_approved_user=user)
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     query = urlencode({"response_type": "code", "client_id": registered.client_id, "redirect_uri": REDIRECT,
-                       "scope": f"launch/patient {scope}", "state": "s", "aud": BASE, "code_challenge": challenge,
+                       "scope": scope, "state": "s", "aud": BASE, "code_challenge": challenge,
                        "code_challenge_method": "S256"})
     redirect = await http.get(f"http://test/auth/authorize?{query}")
     assert redirect.status_code == 302, redirect.text
@@ -49,7 +56,7 @@ async def patient_token(aconn: psycopg.AsyncConnection, http: httpx.AsyncClient,
         "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier,
         "client_id": registered.client_id})
     assert response.status_code == 200, response.text
-    assert response.json()["patient"] == patient
+    assert response.json().get("patient") == patient
     return response.json()["access_token"]
 
 
