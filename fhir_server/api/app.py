@@ -30,7 +30,7 @@ from fhir_server.search.parameters import search_parameters
 from fhir_server.search.reindex import load_stored_search_parameters
 from fhir_server.settings import Settings, get_settings
 from fhir_server.storage import tenants
-from fhir_server.storage.database import create_pool
+from fhir_server.storage.database import ROLLED_BACK, create_pool
 from fhir_server.validation import validate_resource
 from fhir_server.worker.runtime import BackgroundWork, in_process
 
@@ -251,7 +251,7 @@ class FHIRApplication:
             outcome = await self._run(req, handler, partial(self._again, request, path, raw, req.principal))
         except FHIRError as error:
             outcome = error_outcome(error)
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.TransactionRollback) as error:
+        except (psycopg.errors.LockNotAvailable, *ROLLED_BACK) as error:
             log.info("%s %s gave up on a lock: %s", request.method, request.url.path, error)
             outcome = error_outcome(FHIRError.of(409, "lock-error", "Another transaction holds resources this request "
                                                                     "must change; try again later"))
@@ -276,7 +276,7 @@ class FHIRApplication:
                         return await run(conn, req)
                     async with conn.transaction():
                         return await run(conn, req)
-            except psycopg.errors.TransactionRollback as error:
+            except ROLLED_BACK as error:
                 if attempt == TRANSACTION_ATTEMPTS:
                     raise
                 log.info("%s %s rolled back (%s); running it again", req.method, req.resource_type or "", error)

@@ -40,6 +40,32 @@ _LOCK_SHARED = ("SELECT pg_advisory_xact_lock_shared(hashtextextended('Patient/'
                 "FROM unnest(%s::text[]) AS patient_id")
 
 
+# The same, for the Patients given and those the current versions of the resources given reference.
+_LOCK_SHARED_WITH_CURRENT = (
+    "SELECT pg_advisory_xact_lock_shared(hashtextextended('Patient/' || patient_id, 0)) FROM ("
+    "SELECT patient_id FROM unnest(%s::text[]) AS patient_id UNION SELECT sr.target_id FROM "
+    "unnest(%s::text[], %s::text[]) AS w(resource_type, fhir_id) JOIN resource r ON r.resource_type = w.resource_type "
+    "AND r.fhir_id = w.fhir_id JOIN search_reference sr ON sr.resource_id = r.id WHERE sr.target_type = 'Patient' "
+    "AND sr.target_url IS NULL ORDER BY 1) AS patients(patient_id)")
+
+
+async def lock_patients_first(conn: AsyncConnection, resources: list[Any], changed: list[tuple[str, str]],
+                              base_url: str | None) -> None:
+    """For a transaction, before any of its entries locks a row: the shared locks of every Patient that
+    `resources` (its entries' bodies) reference, that it changes or deletes (`changed`, (type, id) pairs),
+    or that the current versions of what it changes reference, in one statement.
+
+    A merge takes its source's lock before it locks any row, so a transaction that touches the source or
+    its referrers then waits for the merge (or the merge for it) holding no row: the two cannot deadlock."""
+    patient_ids = set().union(*(referenced_patients(resource, base_url) for resource in resources
+                                if isinstance(resource, dict) and "resourceType" in resource))
+    patient_ids |= {fhir_id for resource_type, fhir_id in changed if resource_type == "Patient"}
+    if not patient_ids and not changed:
+        return
+    types, ids = zip(*changed) if changed else ((), ())
+    await conn.execute(_LOCK_SHARED_WITH_CURRENT, (sorted(patient_ids), list(types), list(ids)))
+
+
 async def lock_for_merge(conn: AsyncConnection, source_id: str) -> None:
     """Wait for the writes that reference Patient/`source_id` to commit and keep new ones waiting until
     this transaction ends: then the referrers it lists are all there are."""

@@ -13,6 +13,7 @@ import orjson
 from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError, Issue
+from fhir_server.identity import replaced
 from fhir_server.identity.references import references
 from fhir_server.interactions.common import matches_locked, parse_condition
 from fhir_server.request import FHIRRequest, Outcome, error_outcome
@@ -157,6 +158,10 @@ async def transaction(conn: AsyncConnection, bundle: dict[str, Any], outer: FHIR
     requests = _parse_entries(bundle, outer)
     mapping = await _assign_ids(conn, requests, bundle)
     await _resolve_references(conn, requests, mapping)
+    await replaced.lock_patients_first(conn, [req.body for req in requests],
+                                       [(req.resource_type, req.id) for req in requests
+                                        if req.method in ("PUT", "PATCH", "DELETE") and req.resource_type and req.id],
+                                       outer.base_url)
     outcomes: dict[int, Outcome] = {}
     deleted: list[tuple[str, str]] = []
     for index in sorted(range(len(requests)), key=lambda i: ORDER[requests[i].method]):

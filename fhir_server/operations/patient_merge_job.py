@@ -27,12 +27,13 @@ import psycopg
 from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError, Issue
-from fhir_server.identity import merge_record, mrn
+from fhir_server.identity import merge_record, mrn, replaced
 from fhir_server.identity.references import restore_references
 from fhir_server.operations.patient_merge import (TOPIC, current_rows, limit_lock_waits, merged_target, outcome_of,
                                                   progress_text, record_merge, rewrite)
 from fhir_server.settings import Settings
 from fhir_server.storage import repository
+from fhir_server.storage.database import ROLLED_BACK
 from fhir_server.storage.repository import StoredResource, instant
 from fhir_server.worker import outbox
 from fhir_server.worker.runtime import Runtime
@@ -40,7 +41,7 @@ from fhir_server.worker.runtime import Runtime
 log = logging.getLogger(__name__)
 
 # Another transaction held a row past the lock timeout, or PostgreSQL broke a deadlock by aborting the batch.
-CONTENTION = (psycopg.errors.LockNotAvailable, psycopg.errors.TransactionRollback)
+CONTENTION = (psycopg.errors.LockNotAvailable, *ROLLED_BACK)
 
 
 @dataclass(slots=True)
@@ -91,11 +92,18 @@ async def _job(conn: AsyncConnection, task_id: str) -> Job | None:
     return Job(task, *row) if row else None
 
 
-async def _patient(conn: AsyncConnection, pk: int) -> StoredResource:
-    fhir_id = (await (await conn.execute("SELECT fhir_id FROM resource WHERE id = %s", (pk,))).fetchone())[0]
-    stored = await repository.read(conn, "Patient", fhir_id, for_update=True)
-    assert stored is not None
-    return stored
+async def _patients(conn: AsyncConnection, job: Job) -> tuple[StoredResource, StoredResource]:
+    """The source and the target, locked as a synchronous merge locks them: the source's merge lock first
+    (transactions touching its referrers take it too, before their rows), then both rows in id order."""
+    rows = await (await conn.execute("SELECT id, fhir_id FROM resource WHERE id IN (%s, %s)",
+                                     (job.source_pk, job.target_pk))).fetchall()
+    fhir_ids = dict(rows)
+    await replaced.lock_for_merge(conn, fhir_ids[job.source_pk])
+    stored = {}
+    for fhir_id in sorted(fhir_ids.values()):
+        stored[fhir_id] = await repository.read(conn, "Patient", fhir_id, for_update=True)
+        assert stored[fhir_id] is not None
+    return stored[fhir_ids[job.source_pk]], stored[fhir_ids[job.target_pk]]
 
 
 async def step(conn: AsyncConnection, settings: Settings, outbox_id: int) -> None:
@@ -109,7 +117,7 @@ async def step(conn: AsyncConnection, settings: Settings, outbox_id: int) -> Non
     job = await _job(conn, row.fhir_id)
     if job is None or job.finished:
         return
-    source, target = await _patient(conn, job.source_pk), await _patient(conn, job.target_pk)
+    source, target = await _patients(conn, job)
     size = max(1, settings.merge_sync_limit)
     if job.failure is not None:
         job.done -= await _undo_batch(conn, job, source.fhir_id, target.fhir_id, size)

@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
@@ -14,6 +15,11 @@ from fhir_server.storage import tenants
 from fhir_server.storage.tenants import Tenant
 
 MIGRATION_LOCK = 815001
+
+# PostgreSQL aborted the transaction to let a concurrent one proceed (a deadlock, or a serialization failure):
+# running it again from the start is safe, and will most likely succeed.
+ROLLED_BACK = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+               psycopg.errors.TransactionRollback)
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -1,6 +1,7 @@
 """Patient/$merge and $unmerge: references moved everywhere, preview, undo, and the 422 paths."""
 
 import json
+import threading
 
 import httpx
 import pytest
@@ -195,3 +196,66 @@ def test_merge_refusals(client: httpx.Client, setup: dict) -> None:
     assert merge(client, twins[1]["id"], source).status_code == 422  # target replaced
     assert merge(client, "no-such-patient", target).status_code == 422
     assert client.get("/Patient/$merge").status_code == 405
+
+
+def test_transactions_racing_a_merge_all_end_correctly(client: httpx.Client, server_url: str, db) -> None:
+    """Transactions that lock the merge's referrers in the opposite order, or reference the source after
+    locking one, run while the merge rewrites: none fails on a deadlock; each commits whole or is refused
+    (422, once the source is merged away), and the merge misses nothing."""
+    source = create(client, {"resourceType": "Patient", "name": [{"family": "Race"}]})["id"]
+    target = create(client, {"resourceType": "Patient", "name": [{"family": "Race"}]})["id"]
+
+    def observation(patient: str, text: str) -> dict:
+        return {"resourceType": "Observation", "status": "final", "code": {"text": text}, "subject": ref(patient)}
+
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation(patient, f"seed {index}"), "request": {"method": "POST", "url": "Observation"}}
+        for index, patient in enumerate([source] * 300 + [target] * 20)]}
+    assert client.post("", json=bundle).status_code == 200
+    observations = [row[0] for row in db.execute("SELECT fhir_id FROM resource WHERE resource_type = 'Observation' "
+                                                 "ORDER BY id").fetchall()]
+    seeded, others = observations[:300], observations[300:]
+
+    def put(fhir_id: str, patient: str, text: str) -> dict:
+        return {"resource": {**observation(patient, text), "id": fhir_id},
+                "request": {"method": "PUT", "url": f"Observation/{fhir_id}"}}
+
+    def transactions(results: list, started: threading.Event) -> None:
+        with httpx.Client(base_url=server_url, timeout=60) as http:
+            for round_ in range(24):
+                high, low = seeded[-1 - round_], seeded[round_]
+                # Rows the merge rewrites, locked last-first (the merge locks first-last) with others between;
+                # every third also names the source after its first row lock.
+                entries = [put(high, target, f"moved {round_}"),
+                           *(put(other, target, f"other {round_}") for other in others),
+                           put(low, target, f"moved {round_}")]
+                if round_ % 3 == 0:
+                    entries.insert(1, put(seeded[100 + round_], source, f"kept {round_}"))
+                response = http.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+                results.append((round_, response.status_code, response.text))
+                started.set()
+
+    results: list = []
+    started = threading.Event()
+    thread = threading.Thread(target=transactions, args=(results, started))
+    thread.start()
+    try:
+        assert started.wait(30)
+        merged = merge(client, source, target)
+    finally:
+        thread.join(120)
+    assert not thread.is_alive()
+    assert merged.status_code == 200, merged.text
+    assert len(results) == 24
+    for round_, status, text in results:
+        assert status in (200, 422), text
+        if status == 422:
+            assert round_ % 3 == 0 and f"merged into Patient/{target}" in text
+            continue
+        for fhir_id in (seeded[-1 - round_], seeded[round_]):
+            assert read(client, {"resourceType": "Observation", "id": fhir_id})["code"]["text"] == f"moved {round_}"
+    referencing_source = db.execute(
+        "SELECT count(*) FROM resource r WHERE NOT r.deleted AND r.resource_type = 'Observation' AND r.id IN "
+        "(SELECT resource_id FROM search_reference WHERE target_type = 'Patient' AND target_id = %s)",
+        (source,)).fetchone()[0]
+    assert referencing_source == 0
