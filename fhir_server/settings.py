@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     """Seconds a merge waits for a resource another transaction holds: then the request answers 409, and a
     background batch is tried again later (up to `merge_max_attempts` times before the merge is undone)."""
     merge_max_attempts: int = 5
+    """Tries of one background merge batch that meets locked resources before the merge gives up and is undone."""
 
     # Background work (outbox relay, Dramatiq workers) and notifications.
     redis_url: str | None = None

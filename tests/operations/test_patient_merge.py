@@ -183,12 +183,21 @@ def test_merge_refusals(client: httpx.Client, setup: dict) -> None:
     assert merge(client, source, target, result_patient=wrong_id).status_code == 422
     no_link = {"resourceType": "Patient", "id": target}
     assert merge(client, source, target, result_patient=no_link).status_code == 422
+    invalid = {**no_link, "gender": "nope", "link": [{"other": ref(source), "type": "replaces"}]}
+    refused = merge(client, source, target, result_patient=invalid)
+    assert refused.status_code == 422 and "gender" in refused.text
+    not_a_patient = {"resourceType": "Basic", "id": target, "code": {"text": "x"}}
+    assert merge(client, source, target, result_patient=not_a_patient).status_code == 400
+    nobody = client.post("/Patient/$merge", json={"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient-identifier", "valueIdentifier": {"system": "urn:dup", "value": "nobody"}},
+        {"name": "target-patient", "valueReference": ref(target)}]})
+    assert nobody.status_code == 422 and "matches no Patient" in nobody.text
     twins = [create(client, {"resourceType": "Patient", "identifier": [{"system": "urn:dup", "value": "x"}]})
              for _ in range(2)]
     ambiguous = client.post("/Patient/$merge", json={"resourceType": "Parameters", "parameter": [
         {"name": "source-patient-identifier", "valueIdentifier": {"system": "urn:dup", "value": "x"}},
         {"name": "target-patient", "valueReference": ref(target)}]})
-    assert ambiguous.status_code == 422
+    assert ambiguous.status_code == 422 and "more than one" in ambiguous.text
     inactive = create(client, {"resourceType": "Patient", "active": False})
     assert merge(client, twins[0]["id"], inactive["id"]).status_code == 422
     assert merge(client, source, target).status_code == 200
