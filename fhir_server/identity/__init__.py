@@ -26,7 +26,10 @@ async def before_write(conn: AsyncConnection, resource: dict[str, Any], fhir_id:
 
 
 async def after_delete(conn: AsyncConnection, resource_type: str, fhir_id: str) -> None:
-    """409 for a Patient that a background merge still needs. Called with the deleted row locked until the
-    commit, so a merge accepted meanwhile is seen here, or waits and then finds the Patient deleted."""
+    """409 for a Patient that a background merge still needs, and for the Task of that merge. Called with
+    the deleted row locked until the commit, so a merge accepted meanwhile is seen here, or waits and then
+    finds the Patient deleted."""
     if resource_type == "Patient":
         await replaced.refuse_during_merge(conn, [fhir_id], "deleted")
+    elif resource_type == "Task":
+        await replaced.refuse_deleting_merge_task(conn, fhir_id)

@@ -95,6 +95,17 @@ async def refuse_during_merge(conn: AsyncConnection, patient_ids: list[str], act
                                             f"be {action} until that merge has completed or failed")
 
 
+async def refuse_deleting_merge_task(conn: AsyncConnection, task_id: str) -> None:
+    """409 for the Task of a merge still running in the background: the job reports through it, and without
+    it would never end (its patients would stay closed)."""
+    row = await (await conn.execute(
+        "SELECT 1 FROM patient_merge_job j JOIN resource t ON t.id = j.task WHERE t.resource_type = 'Task' "
+        "AND t.fhir_id = %s AND j.finished_at IS NULL", (task_id,))).fetchone()
+    if row is not None:
+        raise FHIRError.of(409, "conflict", f"Task/{task_id} reports a merge in progress: it cannot be deleted "
+                                            "until that merge has completed or failed")
+
+
 async def refuse_replaced_references(conn: AsyncConnection, resource: dict[str, Any], base_url: str | None) -> None:
     """422 if `resource` references a Patient that was merged into another (or is being merged); costs
     nothing without Patient references, else the shared lock and one indexed lookup. The caller must be in

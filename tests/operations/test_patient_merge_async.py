@@ -96,11 +96,12 @@ async def test_limit_decides_sync_or_async_and_source_is_closed_at_once(configur
                     await client.post("/Patient/$unmerge", json={"resourceType": "Parameters", "parameter": [
                         {"name": "source-patient", "valueReference": ref(source)}]}),
                     await client.delete(f"/Patient/{target}"), await client.delete(f"/Patient/{source}"),
+                    await client.delete(f"/Task/{task_id}"),
                     await client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": [
                         {"request": {"method": "DELETE", "url": f"Patient/{target}"}}]})]
         for refused in refusals:
             assert refused.status_code == 409, refused.text
-            assert "merge" in refused.text and f"in progress (Task/{task_id})" in refused.text
+            assert "merge" in refused.text and "in progress" in refused.text and f"Task/{task_id}" in refused.text
     assert not read(db, "Patient", target).get("link") and read(db, "Patient", third)["meta"]["versionId"] == "1"
     [(state, topic)] = db.execute("SELECT state, topic FROM outbox").fetchall()
     assert (state, topic) == ("pending", "patient-merge")
