@@ -122,10 +122,10 @@ async def referrers(conn: AsyncConnection, patient_id_: str) -> list[Referrer]:
     return [Referrer(*row) for row in rows]
 
 
-def by_type(patient_ids: list[str], referrers_: list[Referrer]) -> dict[str, list[str]]:
+def by_type(patient_ids: list[str], found: list[Referrer]) -> dict[str, list[str]]:
     """The ids a merge would change, by type: both patients and the referrers (what it must be allowed to)."""
     changed: dict[str, list[str]] = {"Patient": list(patient_ids)}
-    for referrer in referrers_:
+    for referrer in found:
         changed.setdefault(referrer.resource_type, []).append(referrer.fhir_id)
     return changed
 

@@ -93,6 +93,8 @@ async def unmerge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     for kind, fhir_id, _, _ in merge_record.changes_of(record.json()):
         changed.setdefault(kind, []).append(fhir_id)
     await authorize_changes(conn, req.principal, "u", changed, "restore")
+    # The rows it rewrites reference the target now: their writers' lock first, as a merge takes its source's.
+    await replaced.lock_for_merge(conn, target_id)
     counts: Counter = Counter()
     restored = 0
     changes: list[merge_record.Change] = []
