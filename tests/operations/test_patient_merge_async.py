@@ -193,6 +193,22 @@ async def test_redelivered_and_interrupted_batches_apply_once(configured_client,
     assert db.execute("SELECT count(*) FROM resource WHERE resource_type = 'Provenance'").fetchone()[0] == 1
 
 
+async def test_referrers_deleted_while_the_merge_runs_are_passed_over(configured_client, database_url, db) -> None:
+    async with configured_client(FHIR_MERGE_SYNC_LIMIT="3") as client:
+        source, target, observations = await pair_with_referrers(client, 7)
+        task_id = task_id_of(await merge(client, source, target))
+        for gone in (observations[1], observations[5]):
+            assert (await client.delete(f"/Observation/{gone}")).status_code == 204
+    settings = Settings(database_url=database_url, merge_sync_limit=3)
+    while live := db.execute("SELECT id FROM outbox WHERE state <> 'done'").fetchall():
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await patient_merge_job.step(conn, settings, live[0][0])
+            await conn.commit()
+    task = read(db, "Task", task_id)
+    assert task["status"] == "completed" and "Observation: 5 resource(s)" in str(task["contained"])
+    assert references_to(db, source) == 0 and references_to(db, target) == 5
+
+
 def nth_observation(db, index: int) -> str:
     """The id of the Observation at `index` in row order, the order a merge's list takes."""
     return db.execute("SELECT fhir_id FROM resource WHERE resource_type = 'Observation' ORDER BY id "
