@@ -94,12 +94,19 @@ class Settings(BaseSettings):
     smtp_ca_file: str | None = None
     """CA bundle to verify the SMTP server's certificate with (default: the system's)."""
     smtp_username: str | None = None
-    smtp_password: str | None = None
+    smtp_password: SecretStr | None = None
     smtp_from: str | None = None
+    """The From address of e-mails, over SMTP and over SES."""
     smtp_timeout: float = 10
     email_subject: str = "New message"
     email_include_content: bool = False
     """Put the CommunicationRequest's text in e-mails; off, an e-mail says only "You have a new message"."""
+    email_provider: Literal["smtp", "ses"] = "smtp"
+    """How e-mail leaves: SMTP (`smtp_*`) or Amazon SES (SESv2 SendEmail through boto3, `ses_*`)."""
+    ses_region: str | None = None
+    ses_endpoint_url: str | None = None
+    """SES-compatible endpoint; unset means AWS. Credentials come from boto3's chain (AWS_* variables, roles)."""
+    ses_configuration_set: str | None = None
 
     # Documents: the bytes of Binary resources live in an object store, never in PostgreSQL.
     s3_bucket: str | None = None

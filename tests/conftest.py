@@ -208,6 +208,41 @@ def smtp(smtp_server: tuple[SMTPInbox, int]) -> SMTPInbox:
     return inbox
 
 
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto in server mode on a loopback port (S3, SES, ...): real HTTP and signatures, nothing leaves the machine."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def smtp_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SMTPInbox, int, Path]]:
+    """A real SMTP server that requires STARTTLS before anything else (AUTH included), with a certificate
+    for 127.0.0.1 signed by a CA made here; yields the inbox, the port and the CA's PEM file."""
+    import ssl
+
+    from aiosmtpd.controller import Controller
+
+    from tests.certificates import make_ca_and_server_certificate
+
+    directory = tmp_path_factory.mktemp("smtp-tls")
+    ca_file, cert_file, key_file = make_ca_and_server_certificate(directory, "127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    inbox = SMTPInbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, authenticator=inbox.authenticate,
+                            tls_context=context, require_starttls=True, auth_require_tls=True)
+    controller.start()
+    yield inbox, port, ca_file
+    controller.stop()
+
+
 @pytest.fixture
 def background_app(database_url: str, twilio: "FakeTwilio", smtp_server: tuple[SMTPInbox, int],
                    monkeypatch: pytest.MonkeyPatch):

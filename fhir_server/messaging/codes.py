@@ -22,6 +22,8 @@ ATTEMPT_IDENTIFIER = "urn:fhir-server:notification-attempt"
 """Communication.identifier of an attempt: `<outbox id>-<attempt number>`."""
 PROVIDER_IDENTIFIERS = {"sms": "urn:fhir-server:twilio-message-sid", "whatsapp": "urn:fhir-server:twilio-message-sid",
                         "email": "urn:fhir-server:smtp-message-id"}
+SES_MESSAGE_ID = "urn:fhir-server:ses-message-id"
+"""Communication.identifier of an e-mail sent through Amazon SES: the MessageId SES answered with."""
 KEYWORD_CONSENT_IDENTIFIER = "urn:fhir-server:keyword-consent"
 """Consent.identifier of the opt-out/opt-in that SMS keywords record: `<patient id>|<channel>`."""
 

@@ -170,8 +170,8 @@ async def _finish(runtime: Runtime, attempt: Attempt, result: SendResult) -> Non
             if provider_status(communication) not in PROVIDER_FAILURES:  # a callback may have come first
                 communication["status"] = "completed"
             communication["sent"] = _now()
-            communication["identifier"].append({"system": PROVIDER_IDENTIFIERS[attempt.channel],
-                                                "value": result.provider_id})
+            communication["identifier"].append({
+                "system": result.provider_system or PROVIDER_IDENTIFIERS[attempt.channel], "value": result.provider_id})
             apply_provider_status(communication, result.provider_status)
         elif result.outcome == "unknown":
             communication["status"] = "unknown"

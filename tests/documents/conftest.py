@@ -1,4 +1,5 @@
-"""Object stores for the document tests: a real S3-compatible HTTP endpoint (moto in server mode) and a directory."""
+"""Object stores for the document tests: a real S3-compatible HTTP endpoint (moto in server mode, tests/conftest.py)
+and a directory."""
 
 import secrets
 from collections.abc import Iterator
@@ -8,22 +9,8 @@ import boto3
 import psycopg
 import pytest
 
-from tests.conftest import free_port
-
 CREDENTIALS = {"FHIR_S3_ACCESS_KEY_ID": "testing", "FHIR_S3_SECRET_ACCESS_KEY": "testing",
                "FHIR_S3_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 on a loopback port: real HTTP, real signatures and presigned URLs, nothing leaves the machine."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def s3_client(endpoint: str):
@@ -51,7 +38,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     """Each test runs against the filesystem store and against a fresh bucket on the S3 endpoint."""
     if request.param == "filesystem":
         return Store("filesystem", {"FHIR_DOCUMENT_DIR": str(tmp_path / "documents")})
-    endpoint = request.getfixturevalue("s3_endpoint")
+    endpoint = request.getfixturevalue("moto_endpoint")
     bucket = f"docs-{secrets.token_hex(6)}"
     s3_client(endpoint).create_bucket(Bucket=bucket)
     return Store("s3", {"FHIR_S3_BUCKET": bucket, "FHIR_S3_ENDPOINT_URL": endpoint, **CREDENTIALS}, endpoint)
