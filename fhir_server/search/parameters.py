@@ -1,4 +1,5 @@
-"""The search parameter registry: R4 SearchParameters from `resources/`, each expression compiled once per base type."""
+"""The search parameter registry: R4 SearchParameters and our own from `resources/`, each expression compiled once
+per base type."""
 
 import json
 import logging
@@ -20,6 +21,8 @@ from fhir_server.storage import tenants
 log = logging.getLogger(__name__)
 
 SEARCH_PARAMETERS_FILE = RESOURCES_DIR / "search-parameters.json"
+LOCAL_SEARCH_PARAMETERS_FILE = RESOURCES_DIR / "search-parameters-local.json"
+"""The server's own SearchParameters (e.g. Task `due`), kept apart from the vendored file that a script rewrites."""
 
 # Parameter types with an index table of their own; a composite's components go to these tables too.
 INDEXED_TYPES = frozenset({"string", "token", "date", "number", "quantity", "uri", "reference"})
@@ -306,9 +309,10 @@ def _composite(definition: dict[str, Any], base: str, own_parts: list[str],
 
 def load_search_parameters(path: Path = SEARCH_PARAMETERS_FILE,
                            extra: tuple[dict[str, Any], ...] = ()) -> SearchParameterRegistry:
-    """Read the vendored SearchParameters, then `extra` ones (stored on this server, which win over a
-    vendored one of the same code), and compile their expressions for every base type."""
-    definitions = [*json.loads(path.read_text())["searchParameters"], *extra]
+    """Read the vendored SearchParameters, then our own, then `extra` ones (stored on this server; a later one
+    wins over an earlier one of the same code), and compile their expressions for every base type."""
+    definitions = [*json.loads(path.read_text())["searchParameters"],
+                   *json.loads(LOCAL_SEARCH_PARAMETERS_FILE.read_text())["searchParameters"], *extra]
     types_by_url = {d["url"]: d["type"] for d in definitions if d.get("url")}
     common = {d["code"]: _common_parameter(d) for d in definitions
               if any(base in COMMON_BASES for base in d["base"]) and d.get("expression")}

@@ -44,26 +44,39 @@ async def test_overdue_work_survives_a_restart(background_app, db) -> None:
         await eventually(lambda: _overdue(read(db, "Task", created["id"])))
 
 
-DUE = {"resourceType": "SearchParameter", "id": "Task-due", "url": "urn:fhir-server:SearchParameter/Task-due",
-       "name": "due", "status": "active", "description": "A Task's due date: restriction.period", "code": "due",
-       "base": ["Task"], "type": "date", "expression": "Task.restriction.period"}
+def _ids(client, resource_type: str, **params: str) -> list[str]:
+    response = client.get(f"/{resource_type}", params=params)
+    assert response.status_code == 200, response.text
+    return sorted(entry["resource"]["id"] for entry in response.json().get("entry", []))
 
 
-def test_overdue_by_standard_search(client) -> None:
-    """R4's `period` is Task.executionPeriod; the due date (restriction.period) is searched with the `due`
-    SearchParameter the README gives, and the worker's tag needs no parameter of its own."""
+def test_due_work_by_standard_search(client) -> None:
+    """R4's `period` is Task.executionPeriod (when the work was done); the due date (restriction.period.end)
+    is the server's own `due` parameter (resources/search-parameters-local.json), there from the start."""
     started = client.post("/Task", json=task("in-progress", executionPeriod={"start": "2026-01-05T09:00:00Z"},
                                              restriction={"period": {"end": "2026-01-10T00:00:00Z"}})).json()["id"]
     later = client.post("/Task", json=task("requested", restriction={"period": {"end": "2030-01-01"}})).json()["id"]
-    client.post("/Task", json=task("completed", restriction={"period": {"end": "2026-01-01"}}))
+    done = client.post("/Task", json=task("completed", restriction={"period": {"end": "2026-01-01"}})).json()["id"]
+    client.post("/Task", json=task("requested"))  # no due date: never found by one
 
-    def ids(**params: str) -> list[str]:
-        response = client.get("/Task", params={"status": "requested,in-progress", **params})
-        assert response.status_code == 200, response.text
-        return sorted(entry["resource"]["id"] for entry in response.json().get("entry", []))
+    assert _ids(client, "Task", status="requested,in-progress", period="lt2026-02-01") == [started]
+    assert _ids(client, "Task", status="requested,in-progress", due="le2026-12-01") == [started]
+    assert _ids(client, "Task", due="le2026-12-01") == sorted([started, done])
+    assert _ids(client, "Task", due="gt2026-12-01") == [later]
+    assert _ids(client, "Task", due="2026-01-10") == [started]
+    sorted_by_due = client.get("/Task", params={"due:missing": "false", "_sort": "-due"}).json()
+    assert [entry["resource"]["id"] for entry in sorted_by_due["entry"]] == [later, started, done]
+    statement = client.get("/metadata").json()
+    [task_resource] = [r for r in statement["rest"][0]["resource"] if r["type"] == "Task"]
+    assert {"name": "due", "definition": "urn:fhir-server:SearchParameter/Task-due", "type": "date"} in [
+        {key: p[key] for key in ("name", "definition", "type")} for p in task_resource["searchParam"]]
 
-    assert ids(period="lt2026-02-01") == [started]
-    assert client.put("/SearchParameter/Task-due", json=DUE).status_code in (200, 201)
-    assert client.post("/Task/$reindex").status_code == 200
-    assert ids(due="eb2026-02-01") == [started]  # the due date lies before: overdue by then
-    assert ids(due="ge2026-02-01") == [later]
+
+def test_communication_requests_by_occurrence(client) -> None:
+    def request(when: str) -> str:
+        return client.post("/CommunicationRequest", json={
+            "resourceType": "CommunicationRequest", "status": "draft", "occurrenceDateTime": when}).json()["id"]
+
+    soon, late = request("2026-11-30T09:00:00Z"), request("2027-03-01")
+    assert _ids(client, "CommunicationRequest", occurrence="le2026-12-01") == [soon]
+    assert _ids(client, "CommunicationRequest", occurrence="ge2026-12-01") == [late]
