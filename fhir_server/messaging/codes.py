@@ -25,7 +25,7 @@ PROVIDER_IDENTIFIERS = {"sms": "urn:fhir-server:twilio-message-sid", "whatsapp":
 SES_MESSAGE_ID = "urn:fhir-server:ses-message-id"
 """Communication.identifier of an e-mail sent through Amazon SES: the MessageId SES answered with."""
 KEYWORD_CONSENT_IDENTIFIER = "urn:fhir-server:keyword-consent"
-"""Consent.identifier of the opt-out/opt-in that SMS keywords record: `<patient id>|<channel>`."""
+"""Consent.identifier of the opt-out/opt-in that SMS keywords record: `<recipient reference>|<channel>`."""
 
 
 def channel_of(medium: list[Any] | None) -> str | None:

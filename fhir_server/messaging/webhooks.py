@@ -18,7 +18,7 @@ from twilio.request_validator import RequestValidator
 from fhir_server.messaging import consent
 from fhir_server.messaging.codes import PROVIDER_IDENTIFIERS, medium_concept
 from fhir_server.messaging.delivery import apply_provider_status
-from fhir_server.messaging.recipients import e164
+from fhir_server.messaging.recipients import RECIPIENT_TYPES, e164
 from fhir_server.messaging.store import store
 from fhir_server.settings import Settings
 from fhir_server.storage import repository
@@ -77,30 +77,32 @@ async def record_status(conn: AsyncConnection, communication_id: str | None, par
     return True
 
 
-async def _patients_with_phone(conn: AsyncConnection, number: str, region: str) -> list[str]:
-    """Ids of Patients with a phone telecom equal to `number` (E.164) once normalised."""
+async def _recipients_with_phone(conn: AsyncConnection, number: str, region: str) -> list[str]:
+    """References of the Patients, RelatedPersons and Practitioners with a phone telecom equal to `number`
+    (E.164) once normalised."""
     national = str(phonenumbers.parse(number).national_number)
     rows = await (await conn.execute(
-        "SELECT DISTINCT r.fhir_id, t.code FROM search_token t JOIN resource r ON r.id = t.resource_id "
-        "WHERE t.resource_type = 'Patient' AND t.param = 'telecom' AND t.system IN ('phone', 'sms') "
+        "SELECT DISTINCT r.resource_type, r.fhir_id, t.code FROM search_token t JOIN resource r ON r.id = t.resource_id "
+        "WHERE t.resource_type = ANY(%s) AND t.param = 'telecom' AND t.system IN ('phone', 'sms') "
         "AND NOT r.deleted AND regexp_replace(t.code, '\\D', '', 'g') LIKE '%%' || %s",
-        (national,),
+        (list(RECIPIENT_TYPES), national),
     )).fetchall()
-    return sorted({fhir_id for fhir_id, value in rows if e164(value, region) == number})
+    return sorted({f"{resource_type}/{fhir_id}" for resource_type, fhir_id, value in rows
+                   if e164(value, region) == number})
 
 
 async def record_inbound(conn: AsyncConnection, params: dict[str, str], settings: Settings) -> dict[str, Any]:
-    """An inbound message as a Communication from the Patient with that phone; STOP/START as Consent."""
+    """An inbound message as a Communication from whoever has that phone; STOP/START as their Consent."""
     sender = params.get("From", "")
     channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
     number = e164(sender.removeprefix("whatsapp:"), settings.default_phone_region)
-    patients = await _patients_with_phone(conn, number, settings.default_phone_region) if number else []
+    senders = await _recipients_with_phone(conn, number, settings.default_phone_region) if number else []
     body = params.get("Body", "")
     keyword = body.strip().upper()
     if keyword in consent.OPT_OUT_KEYWORDS or keyword in consent.OPT_IN_KEYWORDS:
-        # A number shared by several Patients (a family phone) opts all of them out, as Twilio does.
-        for patient_id in patients:
-            await consent.record_keyword(conn, patient_id, channel, keyword in consent.OPT_OUT_KEYWORDS)
+        # A number shared by several people (a family phone) opts all of them out, as Twilio does.
+        for reference in senders:
+            await consent.record_keyword(conn, reference, channel, keyword in consent.OPT_OUT_KEYWORDS)
     communication: dict[str, Any] = {
         "resourceType": "Communication", "status": "completed",
         "identifier": [{"system": PROVIDER_IDENTIFIERS[channel], "value": params.get("MessageSid", "")}],
@@ -108,11 +110,13 @@ async def record_inbound(conn: AsyncConnection, params: dict[str, str], settings
         "received": instant(datetime.now(timezone.utc)),
         "payload": [{"contentString": body}],
     }
-    if len(patients) == 1:
-        communication["subject"] = communication["sender"] = {"reference": f"Patient/{patients[0]}"}
+    if len(senders) == 1:
+        communication["sender"] = {"reference": senders[0]}
+        if senders[0].startswith("Patient/"):
+            communication["subject"] = communication["sender"]
     else:
         communication["note"] = [{"text": f"From {number or sender}: "
-                                          + ("matches several patients" if patients else "no patient has this number")}]
+                                          + ("matches several people" if senders else "nobody has this number")}]
     return (await store(conn, communication)).json()
 
 

@@ -3,7 +3,7 @@
 from twilio.request_validator import RequestValidator
 
 from fhir_server.messaging.codes import PROVIDER_IDENTIFIERS, PROVIDER_STATUS_EXTENSION
-from tests.messaging.helpers import communication_request, eventually, patient, read, reason, resources
+from tests.messaging.helpers import MEDIA, communication_request, eventually, patient, read, reason, resources
 from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN
 
 
@@ -107,3 +107,57 @@ async def test_stop_opts_out_and_start_opts_back_in(background_app, twilio, db) 
                                    json=communication_request(f"Patient/{pid}"))).json()["id"]
         await eventually(lambda: read(db, "CommunicationRequest", again)["status"] == "completed")
     assert len(twilio.messages) == 1
+
+
+def _opt_out(performer: str, channel: str = "sms") -> dict:
+    """A Consent as a client records someone's opt-out: the person is its performer (the consentor)."""
+    system, code = MEDIA[channel]
+    return {"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "performer": [{"reference": performer}],
+            "provision": {"type": "deny", "code": [{"coding": [{"system": system, "code": code}]}]}}
+
+
+async def test_related_people_and_practitioners_opt_out_like_patients(background_app, twilio, smtp, db) -> None:
+    async with background_app() as (_, client):
+        mother = (await client.post("/fhir/RelatedPerson", json={
+            **patient(), "resourceType": "RelatedPerson", "patient": {"reference": "Patient/child"}})).json()["id"]
+        doctor = (await client.post("/fhir/Practitioner", json={
+            **patient(phone="+1 415 555 0177", email="doc@example.org"), "resourceType": "Practitioner"})).json()["id"]
+        for consent in (_opt_out(f"RelatedPerson/{mother}"), _opt_out(f"Practitioner/{doctor}", "email")):
+            assert (await client.post("/fhir/Consent", json=consent)).status_code == 201
+        sends = [(f"RelatedPerson/{mother}", "sms"), (f"Practitioner/{doctor}", "email"),
+                 (f"RelatedPerson/{mother}", "email"), (f"Practitioner/{doctor}", "sms")]
+        ids = [(await client.post("/fhir/CommunicationRequest", json=communication_request(who, channel))).json()["id"]
+               for who, channel in sends]
+        await eventually(lambda: all(read(db, "CommunicationRequest", rid)["status"] != "active" for rid in ids))
+    outcomes = [(read(db, "CommunicationRequest", rid)["status"], reason(read(db, "CommunicationRequest", rid)))
+                for rid in ids]
+    assert outcomes == [("on-hold", "opted-out"), ("on-hold", "opted-out"), ("completed", None), ("completed", None)]
+    by_request = {c["basedOn"][0]["reference"]: c for c in resources(db, "Communication")}
+    refused = by_request[f"CommunicationRequest/{ids[0]}"]
+    assert refused["status"] == "not-done" and reason(refused) == "opted-out"
+    assert refused["recipient"] == [{"reference": f"RelatedPerson/{mother}"}]
+    assert f"RelatedPerson/{mother} has opted out of sms" in refused["statusReason"]["text"]
+    assert [m["To"] for m in twilio.messages] == ["+14155550177"]  # only the practitioner's SMS
+    assert [recipients for _, recipients, _ in smtp.mails] == [["pat@example.org"]]  # only the mother's e-mail
+
+
+async def test_stop_from_a_related_person_records_their_opt_out(background_app, twilio, db) -> None:
+    async with background_app() as (_, client):
+        mother = (await client.post("/fhir/RelatedPerson", json={
+            **patient(), "resourceType": "RelatedPerson", "patient": {"reference": "Patient/child"}})).json()["id"]
+        inbound = {"AccountSid": ACCOUNT_SID, "MessageSid": "SMin3", "From": "+14155550132", "Body": "STOP"}
+        assert (await _post_signed(client, "/twilio/inbound", inbound)).status_code == 200
+        [consent] = resources(db, "Consent")
+        assert consent["performer"] == [{"reference": f"RelatedPerson/{mother}"}] and "patient" not in consent
+        found = await client.get("/fhir/Consent", params={"consentor": f"RelatedPerson/{mother}"})
+        assert [entry["resource"]["id"] for entry in found.json()["entry"]] == [consent["id"]]
+        rid = (await client.post("/fhir/CommunicationRequest",
+                                 json=communication_request(f"RelatedPerson/{mother}"))).json()["id"]
+        request = await eventually(lambda: (r := read(db, "CommunicationRequest", rid))["status"] != "active" and r)
+    assert request["status"] == "on-hold" and reason(request) == "opted-out" and twilio.requests == 0
+    [message] = [c for c in resources(db, "Communication") if c["status"] == "completed"]
+    assert message["sender"] == {"reference": f"RelatedPerson/{mother}"} and "subject" not in message
