@@ -46,6 +46,7 @@ def medium_concept(channel: str) -> dict[str, Any]:
 STATUS_REASONS = frozenset({
     "channel-not-configured", "no-address", "invalid-address", "no-content", "opted-out", "unsupported-recipient",
     "provider-rejected", "provider-error", "max-attempts-exceeded", "delivery-outcome-unknown", "undelivered",
+    "internal-error",
 })
 
 

@@ -11,12 +11,15 @@ row whose attempt never finished (the worker died during step 2) is not sent aga
 becomes `unknown` and the request goes on hold with statusReason `delivery-outcome-unknown`.
 """
 
+import logging
 import random
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
+import psycopg
 from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError
@@ -29,8 +32,11 @@ from fhir_server.messaging.store import store
 from fhir_server.settings import Settings
 from fhir_server.storage import repository, tenants
 from fhir_server.storage.repository import instant
-from fhir_server.worker import outbox
+from fhir_server.worker import dead_letter, outbox
 from fhir_server.worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_EMAIL_BODY = "You have a new message"
 # Twilio's message statuses in the order they happen; a callback never moves a Communication backwards,
@@ -54,7 +60,7 @@ class Attempt:
 
 def deliver(runtime: Runtime, outbox_id: int) -> None:
     """The `notification` actor: runs in a worker thread; database steps run on the runtime's event loop."""
-    attempt = runtime.run(_begin(runtime, outbox_id))
+    attempt = runtime.run(_visibly(runtime, outbox_id, _begin(runtime, outbox_id)))
     if attempt is None:
         return
     callback = runtime.settings.twilio_status_callback_url
@@ -65,7 +71,21 @@ def deliver(runtime: Runtime, outbox_id: int) -> None:
         callback += ("&" if "?" in callback else "?") + "communication=" + quote(attempt.communication_id)
     result = channels.send(runtime.settings, attempt.channel, attempt.address, attempt.body, callback,
                            attempt.subject)
-    runtime.run(_finish(runtime, attempt, result))
+    runtime.run(_visibly(runtime, outbox_id, _finish(runtime, attempt, result)))
+
+
+async def _visibly(runtime: Runtime, outbox_id: int, step: Coroutine[Any, Any, T]) -> T | None:
+    """Run a database step of an attempt. A database error is left to Dramatiq's retries; any other (a bug,
+    bad stored data) gives the work up visibly rather than retrying it for ever in silence. Cancellation (a
+    stopping worker) is no Exception, so it never passes for a failure."""
+    try:
+        return await step
+    except psycopg.OperationalError:
+        raise
+    except Exception as error:
+        log.exception("notification (outbox row %s) failed", outbox_id)
+        await _give_up(runtime, outbox_id, dead_letter.describe(error))
+        return None
 
 
 def _now() -> str:
@@ -192,17 +212,35 @@ async def _finish(runtime: Runtime, attempt: Attempt, result: SendResult) -> Non
         await _update_request(conn, attempt.request_id)
 
 
-async def _conclude_unknown(conn: AsyncConnection, settings: Settings, row: outbox.Row) -> None:
-    """The attempt in flight was abandoned (its worker died): say so, and do not send again."""
-    stored = await repository.read(conn, "Communication", row.attempt_ref, for_update=True)
+async def _give_up(runtime: Runtime, outbox_id: int, error: str) -> None:
+    """Dead-letter the work with a failed Task; an attempt in flight becomes `unknown` (it may have been sent),
+    and then, in a transaction of its own so that the Task stays whatever happens, the request goes on hold."""
+    async with runtime.pool.connection() as conn, conn.transaction():
+        row = await outbox.lock(conn, outbox_id)
+        if row is None or row.state in outbox.FINAL:
+            return
+        if row.attempt_ref is not None:
+            await _unknown(conn, row.attempt_ref, f"The attempt failed inside the server ({error}); it is not "
+                                                  "repeated, as the message may have been sent")
+        await dead_letter.record(conn, row, error, settled_as="internal-error")
+    async with runtime.pool.connection() as conn, conn.transaction():
+        await _update_request(conn, row.fhir_id)
+
+
+async def _unknown(conn: AsyncConnection, communication_id: str, detail: str) -> None:
+    stored = await repository.read(conn, "Communication", communication_id, for_update=True)
     if stored is not None and not stored.deleted:
         communication = stored.json()
         if communication.get("status") == "in-progress":
             communication["status"] = "unknown"
-            communication["statusReason"] = status_reason(
-                "delivery-outcome-unknown", "The worker stopped during this attempt; it is not repeated so that "
-                                            "the message is never sent twice")
+            communication["statusReason"] = status_reason("delivery-outcome-unknown", detail)
             await store(conn, communication)
+
+
+async def _conclude_unknown(conn: AsyncConnection, settings: Settings, row: outbox.Row) -> None:
+    """The attempt in flight was abandoned (its worker died): say so, and do not send again."""
+    await _unknown(conn, row.attempt_ref, "The worker stopped during this attempt; it is not repeated so that "
+                                          "the message is never sent twice")
     await outbox.settle(conn, row.id, "dead", error="delivery-outcome-unknown")
     await _update_request(conn, row.fhir_id)
 

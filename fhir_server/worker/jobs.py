@@ -2,7 +2,8 @@
 redelivered message finds the row done and does nothing (unlike a notification, no step lies outside).
 
 A job that fails with a database error is retried by Dramatiq (and, failing that, redelivered when its
-lease runs out); any other error is a bug or bad data: the row is dead-lettered with the error.
+lease runs out); any other error is a bug or bad data: the row is dead-lettered with the error, which a
+failed Task tells (worker/dead_letter.py).
 """
 
 import logging
@@ -12,7 +13,7 @@ import psycopg
 from psycopg import AsyncConnection
 
 from fhir_server.settings import Settings
-from fhir_server.worker import outbox
+from fhir_server.worker import dead_letter, outbox
 from fhir_server.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -57,5 +58,6 @@ async def _run(runtime: Runtime, job: Job, outbox_id: int) -> None:
     except Exception as error:
         log.exception("outbox job %s failed", outbox_id)
         async with runtime.pool.connection() as conn, conn.transaction():
-            await outbox.settle(conn, outbox_id, "dead", error=f"{type(error).__name__}: {error}"[:1000],
-                                count_attempt=True)
+            row = await outbox.lock(conn, outbox_id)
+            if row is not None:
+                await dead_letter.record(conn, row, dead_letter.describe(error))

@@ -4,6 +4,8 @@ import json
 
 from fhir_server.messaging import templates, threads
 from fhir_server.paths import TERMINOLOGY_DIR
+from fhir_server.worker.dead_letter import BACKGROUND_JOB
+from fhir_server.worker.runtime import handlers
 from fhir_server.workflow import codes
 
 
@@ -16,3 +18,4 @@ def test_code_systems_match_the_codes_in_use() -> None:
     assert defined[templates.MESSAGE_CATEGORY] == threads.CATEGORIES
     assert defined[templates.KIND] == {templates.TEMPLATE_CODE}
     assert defined[templates.TEMPLATE_USE] == {"auto-reply"}
+    assert defined[BACKGROUND_JOB] == set(handlers())
