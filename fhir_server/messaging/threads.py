@@ -7,6 +7,12 @@
 - A message is `in-progress` until its recipient reads it, then `completed`: the server stamps the
   `communication-read` extension (and `received`, when absent) as it becomes completed. Unread counts are
   a standard search: `Communication?recipient=X&status=in-progress&_summary=count`.
+- Assignment: the thread's root carries the extension `communication-assigned-to` (valueReference to a
+  Practitioner, PractitionerRole or CareTeam, which must exist); `Communication?assigned-to=Practitioner/1` lists
+  the threads assigned to someone, `Communication?part-of:Communication.assigned-to=Practitioner/1` their
+  messages (resources/search-parameters-local.json defines `assigned-to`). Reassigning is an update of the root.
+- Attachments: `payload.contentAttachment` (inline data becomes a Binary in the document store) or
+  `payload.contentReference` to a DocumentReference; documents/hooks.py checks and fills them.
 - Staff-only notes carry the security label v3-ActCode NOPAT (auth.enforce.HIDDEN_FROM_PATIENTS); tokens
   with patient/ scopes never see resources so labelled (dispatch.py).
 - Auto-replies: when a Patient starts a thread in a category that has a template tagged
@@ -30,6 +36,9 @@ READ_EXTENSION = "urn:fhir-server:StructureDefinition/communication-read"
 """On a Communication: when its recipient read it (valueDateTime)."""
 AUTO_REPLY_IDENTIFIER = "urn:fhir-server:auto-reply"
 """Communication.identifier of an auto-reply: the id of the thread's root."""
+ASSIGNED_TO_EXTENSION = "urn:fhir-server:StructureDefinition/communication-assigned-to"
+"""On a thread's root Communication: who handles the thread (valueReference)."""
+ASSIGNEE_TYPES = ("Practitioner", "PractitionerRole", "CareTeam")
 CATEGORIES = frozenset({"prescription-refill", "appointment", "billing", "medical-question", "other"})
 AUTO_REPLY_TOPIC = "auto-reply"
 
@@ -64,11 +73,31 @@ async def before_write(conn: AsyncConnection, communication: dict[str, Any]) -> 
         answered_message = stored.json()
         root = next((_local(part, "Communication") for part in answered_message.get("partOf") or []), None)
         communication["partOf"] = [{"reference": f"Communication/{root or answered}"}]
+    await _check_assignment(conn, communication)
     if category(communication) is not None and communication.get("status") == "completed" and not any(
             extension.get("url") == READ_EXTENSION for extension in communication.get("extension") or []):
         now = repository.instant(datetime.now(timezone.utc))
         communication.setdefault("received", now)
         communication.setdefault("extension", []).append({"url": READ_EXTENSION, "valueDateTime": now})
+
+
+async def _check_assignment(conn: AsyncConnection, communication: dict[str, Any]) -> None:
+    assignments = [extension for extension in communication.get("extension") or []
+                   if isinstance(extension, dict) and extension.get("url") == ASSIGNED_TO_EXTENSION]
+    if not assignments:
+        return
+    path = "Communication.extension"
+    if not starts_thread(communication):
+        raise FHIRError.of(422, "business-rule", "A thread is assigned on its root message, not on a reply", path)
+    if len(assignments) > 1:
+        raise FHIRError.of(422, "business-rule", "A thread is assigned to one Practitioner, PractitionerRole or "
+                                                 "CareTeam at a time", path)
+    assignee = assignments[0].get("valueReference")
+    found = next(((kind, fhir_id) for kind in ASSIGNEE_TYPES if (fhir_id := _local(assignee, kind)) is not None), None)
+    stored = await repository.read(conn, *found) if found else None
+    if stored is None or stored.deleted:
+        raise FHIRError.of(422, "invalid", "The assignee must be an existing local "
+                                           + ", ".join(ASSIGNEE_TYPES), path)
 
 
 def _wants_auto_reply(communication: dict[str, Any] | None) -> bool:

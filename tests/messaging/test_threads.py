@@ -1,10 +1,13 @@
 """Secure messaging: threads, read tracking and unread counts, auto-replies, staff-only notes."""
 
+import base64
+import hashlib
+
 import psycopg
 
 from fhir_server.auth.enforce import HIDDEN_FROM_PATIENTS
 from fhir_server.messaging.templates import MESSAGE_CATEGORY, TEMPLATE_USE
-from fhir_server.messaging.threads import AUTO_REPLY_IDENTIFIER, READ_EXTENSION
+from fhir_server.messaging.threads import ASSIGNED_TO_EXTENSION, AUTO_REPLY_IDENTIFIER, READ_EXTENSION
 from tests.auth.test_enforcement import bearer, patient_token, system_token
 from tests.messaging.helpers import eventually, resources
 from tests.messaging.test_templates import template
@@ -97,3 +100,87 @@ async def test_staff_only_notes_are_invisible_to_patient_scopes(configured_clien
         assert note not in str(everything) and visible in str(everything)
         assert (await http.get(f"/Communication/{note}", headers=staff)).status_code == 200
         assert (await http.get("/Communication", params={"_summary": "count"}, headers=staff)).json()["total"] == 2
+
+
+def test_threads_are_assigned_and_found_by_assignee(client) -> None:
+    pid = client.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+    doctor = f"Practitioner/{client.post('/Practitioner', json={'resourceType': 'Practitioner'}).json()['id']}"
+    team = f"CareTeam/{client.post('/CareTeam', json={'resourceType': 'CareTeam'}).json()['id']}"
+    patient = f"Patient/{pid}"
+
+    def assigned(who: str) -> list[dict]:
+        return [{"url": ASSIGNED_TO_EXTENSION, "valueReference": {"reference": who}}]
+
+    first = client.post("/Communication", json=message(patient, "Organization/clinic", "Refill please",
+                                                       "prescription-refill", extension=assigned(doctor)))
+    assert first.status_code == 201, first.text
+    first = first.json()
+    second = client.post("/Communication", json=message(patient, "Organization/clinic", "Invoice?", "billing",
+                                                        extension=assigned(team))).json()
+    client.post("/Communication", json=message(patient, "Organization/clinic", "Unassigned", "other"))
+    follow = client.post("/Communication", json=message(patient, doctor, "Also my inhaler", "prescription-refill",
+                                                        partOf=[{"reference": f"Communication/{first['id']}"}])).json()
+
+    def ids(**params: str) -> list[str]:
+        response = client.get("/Communication", params=params)
+        assert response.status_code == 200, response.text
+        return sorted(entry["resource"]["id"] for entry in response.json().get("entry", []))
+
+    assert ids(**{"assigned-to": doctor}) == [first["id"]]
+    assert ids(**{"assigned-to": team}) == [second["id"]]
+    # The messages of the threads assigned to someone, e.g. their unread ones, by chaining through the root.
+    assert ids(**{"part-of:Communication.assigned-to": doctor, "status": "in-progress"}) == [follow["id"]]
+    reassigned = client.put(f"/Communication/{first['id']}", json={**first, "extension": assigned(team)})
+    assert reassigned.status_code == 200, reassigned.text
+    assert ids(**{"assigned-to": team}) == sorted([first["id"], second["id"]]) and ids(**{"assigned-to": doctor}) == []
+
+    on_reply = client.put(f"/Communication/{follow['id']}", json={**follow, "extension": assigned(doctor)})
+    assert on_reply.status_code == 422 and "root" in on_reply.text
+    for who in (patient, "Practitioner/nobody"):
+        refused = client.post("/Communication", json=message(patient, "Organization/clinic", "?", extension=assigned(who)))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["issue"][0]["expression"] == ["Communication.extension"]
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+
+
+async def test_message_attachments_are_stored_as_documents(configured_client, db, tmp_path) -> None:
+    async with configured_client(FHIR_DOCUMENT_DIR=str(tmp_path / "documents")) as http:
+        pid = (await http.post("/Patient", json={"resourceType": "Patient"})).json()["id"]
+        root = (await http.post("/Communication", json=message(f"Patient/{pid}", "Organization/clinic",
+                                                               "See the rash", payload=[
+            {"contentString": "See the rash"},
+            {"contentAttachment": {"contentType": "image/png", "title": "rash.png",
+                                   "data": base64.b64encode(PNG).decode()}}]))).json()
+        attachment = root["payload"][1]["contentAttachment"]
+        assert "data" not in attachment and attachment["url"].startswith("Binary/")
+        assert attachment["size"] == len(PNG)
+        assert attachment["hash"] == base64.b64encode(hashlib.sha1(PNG).digest()).decode()
+        downloaded = await http.get(f"/{attachment['url']}")
+        assert downloaded.status_code == 200 and downloaded.content == PNG
+        assert downloaded.headers["content-type"] == "image/png"
+        assert (tmp_path / "documents" / "sha256").exists()
+        assert PNG[8:40].hex() not in db.execute("SELECT string_agg(encode(content, 'hex'), '') FROM resource").fetchone()[0]
+
+        # A reply in the thread points at the same Binary, or at a DocumentReference.
+        document = (await http.post("/DocumentReference", json={
+            "resourceType": "DocumentReference", "status": "current",
+            "content": [{"attachment": {"url": attachment["url"], "contentType": "image/png"}}]})).json()["id"]
+        reply = await http.post("/Communication", json=message(
+            "Practitioner/x", f"Patient/{pid}", "Looks fine", inResponseTo=[{"reference": f"Communication/{root['id']}"}],
+            payload=[{"contentAttachment": {"url": attachment["url"]}},
+                     {"contentReference": {"reference": f"DocumentReference/{document}"}}]))
+        assert reply.status_code == 201, reply.text
+        assert reply.json()["payload"][0]["contentAttachment"]["size"] == len(PNG)
+
+        before = db.execute("SELECT count(*) FROM resource").fetchone()[0]
+        for payload, status in (([{"contentAttachment": {"url": "Binary/missing"}}], 422),
+                                ([{"contentReference": {"reference": "DocumentReference/missing"}}], 422),
+                                ([{"contentAttachment": {"contentType": "application/x-msdownload",
+                                                         "data": base64.b64encode(b"MZ...").decode()}}], 415)):
+            refused = await http.post("/Communication", json=message(f"Patient/{pid}", "Organization/clinic", "x",
+                                                                     payload=payload))
+            assert refused.status_code == status, refused.text
+            assert refused.json()["resourceType"] == "OperationOutcome"
+        assert db.execute("SELECT count(*) FROM resource").fetchone()[0] == before
