@@ -175,7 +175,9 @@ async def test_message_attachments_are_stored_as_documents(configured_client, db
         assert reply.json()["payload"][0]["contentAttachment"]["size"] == len(PNG)
 
         before = db.execute("SELECT count(*) FROM resource").fetchone()[0]
+        inline = {"contentAttachment": {"contentType": "image/png", "data": base64.b64encode(PNG + b"other").decode()}}
         for payload, status in (([{"contentAttachment": {"url": "Binary/missing"}}], 422),
+                                ([inline, {"contentAttachment": {"url": "Binary/missing"}}], 422),  # no Binary left
                                 ([{"contentReference": {"reference": "DocumentReference/missing"}}], 422),
                                 ([{"contentAttachment": {"contentType": "application/x-msdownload",
                                                          "data": base64.b64encode(b"MZ...").decode()}}], 415)):
