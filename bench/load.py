@@ -441,10 +441,11 @@ def stop_leftover_postgres(pgdata: Path) -> None:
 
 
 @contextlib.contextmanager
-def fresh_server(workers: int) -> Iterator[str]:
-    """A server on a free loopback port with its own embedded PostgreSQL in a temporary directory."""
+def fresh_server(workers: int, data_dir: Path | None = None) -> Iterator[str]:
+    """A server on a free loopback port with its own embedded PostgreSQL in `data_dir` (default: a
+    temporary directory)."""
     with tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp:
-        data_dir = Path(tmp) / "data"
+        data_dir = data_dir or Path(tmp) / "data"
         log = Path(tmp) / "server.log"
         port = free_loopback_port()
         base_url = f"http://127.0.0.1:{port}/fhir"

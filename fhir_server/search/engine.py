@@ -405,7 +405,7 @@ def _candidates(condition: Condition, sorts: list[Sort], resource_type: str | No
         keys = [_sort_key(sort, resource_type, updated_since_snapshot) for sort in sorts]
         columns = "".join(f", {sql} AS k{index}" for index, (sql, _) in enumerate(keys))
         args = [snapshot if arg is _SNAPSHOT else arg for _, key_args in keys for arg in key_args]
-        return (f"SELECT r.id, r.resource_type, r.fhir_id, r.content{columns} FROM resource r "
+        return (f"SELECT r.id, r.resource_type, r.fhir_id{columns} FROM resource r "
                 f"WHERE {condition.where()}"), [*args, *condition.args]
 
     if not any(sort.code == _LAST_UPDATED for sort in sorts):
@@ -424,6 +424,8 @@ async def _page_rows(conn: psycopg.AsyncConnection, condition: Condition, sorts:
     """
     if count == 0:
         return [], False
+    if len(sorts) == 1 and sorts[0].code not in _NEVER_MISSING and resource_type is not None:
+        return await _page_rows_in_key_order(conn, condition, sorts[0], resource_type, position, count)
     forward = position is None or position.forward
     order = []
     for index, sort in enumerate(sorts):
@@ -444,7 +446,7 @@ async def _page_rows(conn: psycopg.AsyncConnection, condition: Condition, sorts:
     ordered = f"ORDER BY {', '.join(order)} LIMIT %s"
     pages, args = [], []
     for candidates, candidate_args in _candidates(condition, sorts, resource_type, snapshot):
-        pages.append(f"SELECT q.id, q.resource_type, q.fhir_id, q.content{key_names} FROM ({candidates}) q "
+        pages.append(f"SELECT q.id, q.resource_type, q.fhir_id{key_names} FROM ({candidates}) q "
                      f"WHERE {' AND '.join(filters)} {ordered}")
         args += [*candidate_args, *filter_args, count + 1]
     # Each branch pages on its own (an index can give its order), then the branches merge.
@@ -456,7 +458,74 @@ async def _page_rows(conn: psycopg.AsyncConnection, condition: Condition, sorts:
     rows = rows[:count]
     if not forward:
         rows.reverse()
-    return rows, more
+    return await _with_contents(conn, rows), more
+
+
+async def _with_contents(conn: psycopg.AsyncConnection, rows: list[tuple]) -> list[tuple]:
+    """(id, resource_type, fhir_id, key...) rows → (id, resource_type, fhir_id, content, key...).
+
+    A page is found without reading the resources' contents: covering indexes on `resource` (migration
+    0011) answer its conditions, so only the page's own rows are read, here, not every candidate's."""
+    if not rows:
+        return []
+    cursor = await conn.execute("SELECT id, content FROM resource WHERE id = ANY(%s)", [[row[0] for row in rows]])
+    contents = dict(await cursor.fetchall())
+    # A resource deleted since the page was found has no content any more: it is left out.
+    return [(row[0], row[1], row[2], contents[row[0]], *row[3:]) for row in rows if contents.get(row[0])]
+
+
+async def _page_rows_in_key_order(conn: psycopg.AsyncConnection, condition: Condition, sort: Sort,
+                                  resource_type: str, position: page.Position | None, count: int
+                                  ) -> tuple[list[tuple], bool]:
+    """`_page_rows` for one sort on an index-table parameter: the page walks that table's rows of the
+    parameter in key order (an index on (resource_type, param, key, resource_id) stops the walk after one
+    page, however many resources match), keeping each resource's key row: its lowest value (highest when
+    descending), as `_sort_key` defines the key. Resources without a value follow in id order, read only
+    when the keyed ones run out."""
+    parameter = parameters_for(resource_type)[sort.code]
+    table = INDEX_TABLES[parameter.type]
+    column = _SORT_COLUMNS[parameter.type][1 if sort.descending else 0]
+    forward = position is None or position.forward
+    ascending = (not sort.descending) == forward
+    direction, beyond = ("ASC", ">") if ascending else ("DESC", "<")
+    lower = "<" if not sort.descending else ">"
+    keyed = (f"SELECT DISTINCT ON (s.{column}, s.resource_id) r.id, r.resource_type, r.fhir_id, "
+             f"s.{column} FROM {table} s JOIN resource r ON r.id = s.resource_id "
+             f"WHERE s.resource_type = %s AND s.param = %s AND NOT EXISTS (SELECT 1 FROM {table} o "
+             f"WHERE o.resource_id = s.resource_id AND o.resource_type = s.resource_type AND o.param = s.param "
+             f"AND o.{column} {lower} s.{column}) AND {condition.where()}")
+    missing = (f"SELECT r.id, r.resource_type, r.fhir_id, NULL FROM resource r "
+               f"WHERE {condition.where()} AND NOT EXISTS (SELECT 1 FROM {table} o "
+               f"WHERE o.resource_id = r.id AND o.resource_type = %s AND o.param = %s)")
+    branches = [
+        ("keyed", keyed, [resource_type, parameter.code, *condition.args],
+         f"(s.{column}, s.resource_id) {beyond} (%s, %s)",
+         f"ORDER BY s.{column} {direction}, s.resource_id {direction}"),
+        ("missing", missing, [*condition.args, resource_type, parameter.code],
+         f"r.id {beyond} %s", f"ORDER BY r.id {direction}"),
+    ]
+    if not forward:  # missing keys sort last, so they come first when fetching backwards
+        branches.reverse()
+    at = None if position is None else ("keyed" if position.keys[0] is not None else "missing")
+    if position is not None and len(position.keys) != 1:
+        raise FHIRError.of(400, "invalid", "The page token does not fit this search", page.PAGE_TOKEN)
+    rows: list[tuple] = []
+    for name, sql, args, keyset, order in branches:
+        if at is not None and name != at:
+            continue  # a branch before the position's own, in fetch order
+        if at == name:
+            assert position is not None
+            keys = [position.keys[0], position.resource_id] if name == "keyed" else [position.resource_id]
+            sql, args, at = f"{sql} AND {keyset}", [*args, *keys], None
+        cursor = await conn.execute(f"{sql} {order} LIMIT %s", [*args, count + 1 - len(rows)])
+        rows += await cursor.fetchall()
+        if len(rows) > count:
+            break
+    more = len(rows) > count
+    rows = rows[:count]
+    if not forward:
+        rows.reverse()
+    return await _with_contents(conn, rows), more
 
 
 def _keyset(sorts: list[Sort], position: page.Position, forward: bool, id_ascending: bool

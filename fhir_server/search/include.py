@@ -80,7 +80,8 @@ _MATCHES = ("(i.source_type = '*' OR s.resource_type = i.source_type) "
             "AND (i.target_type = '' OR s.target_type = i.target_type)")
 _SPECS = "unnest(%s::text[], %s::text[], %s::text[]) AS i(source_type, param, target_type)"
 # Targets of the sources' references, and resources whose references point at the sources; each found
-# once, never one already in the Bundle, in resource.id order so that capping is deterministic.
+# once, never one already in the Bundle, in resource.id order so that capping is deterministic. The ids
+# become an array, so each resource is then read by its key (a join could walk the whole table in order).
 _ROUND_SQL = f"""
 WITH found AS (
     SELECT t.id FROM search_reference s JOIN {_SPECS} ON {_MATCHES}
@@ -93,7 +94,7 @@ WITH found AS (
     WHERE s.target_url IS NULL
 )
 SELECT r.id, r.resource_type, r.fhir_id, r.content FROM resource r
-WHERE r.id IN (SELECT id FROM found WHERE id <> ALL(%s) ORDER BY id LIMIT %s) AND NOT r.deleted
+WHERE r.id = ANY(ARRAY(SELECT id FROM found WHERE id <> ALL(%s) ORDER BY id LIMIT %s)) AND NOT r.deleted
 ORDER BY r.id
 """
 

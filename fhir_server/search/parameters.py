@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -376,3 +377,25 @@ def parameters_for(resource_type: str | None) -> dict[str, SearchParameter]:
     `None` (a search across all types) gives the common parameters only.
     """
     return search_parameters().parameters_for(resource_type)
+
+
+# Element types a date parameter indexes as exactly one row (a Timing, say, gives a row per event).
+_ONE_ROW_DATE_TYPES = frozenset({"date", "dateTime", "instant", "Period"})
+
+
+@cache
+def one_date_row(resource_type: str, expression: str | None) -> bool:
+    """Whether a date parameter's `expression` gives a resource of `resource_type` one index row at most: a
+    plain path (`Patient.birthDate`, `Encounter.period`) none of whose elements repeats."""
+    from fhir_server.validation.elements import type_infos
+
+    if not expression or not _SIMPLE_PATH.fullmatch(expression) or not expression.startswith(resource_type + "."):
+        return False
+    info = type_infos().get(resource_type)
+    element = None
+    for step in expression.split(".")[1:]:
+        element = info.elements.get(step) if info is not None else None
+        if element is None or element.array:
+            return False
+        info = element.children
+    return element is not None and element.type in _ONE_ROW_DATE_TYPES

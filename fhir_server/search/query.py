@@ -9,7 +9,7 @@ from typing import Any
 
 from fhir_server.errors import FHIRError
 from fhir_server.search import terminology
-from fhir_server.search.parameters import SearchParameter, parameters_for, search_parameters
+from fhir_server.search.parameters import SearchParameter, one_date_row, parameters_for, search_parameters
 from fhir_server.search.values import (
     FAR_FUTURE, UCUM, date_range, decimal_of, normalize_string, number_range, reference_target, ucum_canonical,
 )
@@ -37,6 +37,8 @@ _MODIFIER_ROWS = {"identifier": "search_token", "of-type": "search_token"}
 # Searched by their own SQL rather than through the parameter registry.
 _SPECIAL_PARAMETERS = frozenset({"_list", "_text", "_content"})
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]+")
+# A date row's range as the GiST index search_date_span holds it (migration 0011): the same expression.
+_DATE_SPAN = "tstzrange(least(s.low, s.high), greatest(s.low, s.high), '[]')"
 
 
 @dataclass(slots=True)
@@ -122,8 +124,17 @@ def parse_query(resource_type: str | None, query: list[tuple[str, str]], *, stri
     condition.add("NOT r.deleted")
     accepted: list[tuple[str, str]] = []
     unknown: list[str] = []
+    same_row = _same_row_dates(resource_type, query)
     for name, value in query:
         if name in RESULT_PARAMETERS or name in FORMAT_PARAMETERS:
+            continue
+        if name in same_row:
+            if same_row[name]:  # its first occurrence brings the condition of all of them
+                parameter = parameters_for(resource_type)[name]
+                clause = builder.dates(resource_type, "r", parameter, name, same_row[name])
+                same_row[name] = []
+                condition.add(clause.where(), *clause.args)
+            accepted.append((name, value))
             continue
         try:
             clause = builder.clause(resource_type, "r", name, value)
@@ -135,6 +146,21 @@ def parse_query(resource_type: str | None, query: list[tuple[str, str]], *, stri
         condition.add(clause.where(), *clause.args)
         accepted.append((name, value))
     return ParsedQuery(condition, accepted, unknown)
+
+
+def _same_row_dates(resource_type: str | None, query: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Date parameters given more than once (`birthdate=ge1975-04&birthdate=lt1975-05`) that have one index
+    row per resource, with their values: those values must all hold for that one row, so one lookup of the
+    row can bound both ends of its range (each value alone would match half the table)."""
+    if resource_type is None:
+        return {}
+    values: dict[str, list[str]] = {}
+    for name, value in query:
+        values.setdefault(name, []).append(value)
+    known = parameters_for(resource_type)
+    return {name: given for name, given in values.items()
+            if len(given) > 1 and name in known and known[name].type == "date"
+            and one_date_row(resource_type, known[name].expression)}
 
 
 def _modifier_supported(parameter: SearchParameter, modifier: str) -> bool:
@@ -313,6 +339,8 @@ class _Builder:
             return result
         if parameter.type == "composite":
             return self.composite(resource_type, r, parameter, name, values)
+        if parameter.type == "date":
+            return self.dates(resource_type, r, parameter, name, [value])
         alternatives = Condition()
         for v in values:
             _VALUE_CONDITIONS[parameter.type](alternatives, name, modifier, v, "s", self.base_url)
@@ -323,6 +351,44 @@ class _Builder:
                                    extra="(" + " OR ".join(alternatives.sql) + ")")
         result.add(("NOT " if negated else "") + subquery.sql[0], *subquery.args, *alternatives.args)
         return result
+
+    def dates(self, resource_type: str | None, r: str, parameter: SearchParameter, name: str,
+              and_values: list[str]) -> Condition:
+        """Date values (each an OR list) that one index row must all satisfy: one value, or several of a
+        parameter with one row per resource (`_same_row_dates`).
+
+        Besides the prefixes' own comparisons, the row's [low, high] must overlap the span every value
+        implies (`_date_span`): an overlap the GiST index search_date_span finds without reading the rows
+        that only one end of the range excludes."""
+        filters = Condition()
+        span_low: datetime | None = None
+        span_high: datetime | None = None
+        for value in and_values:
+            values = _or_values(value)
+            if any(v == "" for v in values):
+                raise invalid(name, "empty value")
+            alternatives = Condition()
+            lows, highs = [], []
+            for v in values:
+                _date_value_condition(alternatives, name, "", v, "s", self.base_url)
+                low, high = _date_span(name, v)
+                lows.append(low)
+                highs.append(high)
+            filters.add("(" + " OR ".join(alternatives.sql) + ")", *alternatives.args)
+            # The values of one OR list span from the lowest start to the highest end (None: unbounded).
+            low = None if None in lows else min(lows)
+            high = None if None in highs else max(highs)
+            span_low = low if span_low is None or (low is not None and low > span_low) else span_low
+            span_high = high if span_high is None or (high is not None and high < span_high) else span_high
+        if span_low is not None and span_high is not None and span_low > span_high:
+            # Spans that do not meet (`lt2000&gt2010`): a row reaching into both covers the gap between them.
+            span_low, span_high = span_high, span_low
+        if span_low is not None or span_high is not None:
+            filters.sql.insert(0, f"{_DATE_SPAN} && tstzrange(%s, %s, '[]')")
+            filters.args[:0] = [span_low, span_high]
+        subquery = _index_subquery(INDEX_TABLES["date"], parameter.code, resource_type, r, correlated=False,
+                                   extra=" AND ".join(filters.sql))
+        return Condition(subquery.sql, [*subquery.args, *filters.args])
 
     def composite(self, resource_type: str | None, r: str, parameter: SearchParameter, name: str,
                   values: list[str]) -> Condition:
@@ -507,12 +573,30 @@ def _prefixed(name: str, value: str) -> tuple[str, str]:
     return prefix, rest
 
 
-def _date_condition(out: Condition, name: str, value: str, low: str, high: str) -> None:
+def _parsed_date(name: str, value: str) -> tuple[str, datetime, datetime]:
+    """(prefix, low, high) of a date search value; a 400 when it is not one."""
     prefix, text = _prefixed(name, value)
     try:
-        search_low, search_high = date_range(text)
+        return prefix, *date_range(text)
     except ValueError:
         raise invalid(name, f"'{text}' is not a valid date") from None
+
+
+def _date_span(name: str, value: str) -> tuple[datetime | None, datetime | None]:
+    """The span (None: unbounded) that a stored range matching `value` overlaps, whatever its prefix: what
+    an overlap index can look for before the prefix's own comparison is applied."""
+    prefix, search_low, search_high = _parsed_date(name, value)
+    if prefix in ("eq", "ap"):  # ap widens by 10% of the distance from now: the comparison decides
+        return (search_low, search_high) if prefix == "eq" else (None, None)
+    if prefix in ("gt", "ge", "sa"):
+        return (search_low, None)
+    if prefix in ("lt", "le", "eb"):
+        return (None, search_high)
+    return (None, None)
+
+
+def _date_condition(out: Condition, name: str, value: str, low: str, high: str) -> None:
+    prefix, search_low, search_high = _parsed_date(name, value)
     contained = f"({low} >= %s AND {high} <= %s)"
     if prefix == "eq":
         out.add(contained, search_low, search_high)

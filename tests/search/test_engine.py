@@ -95,6 +95,20 @@ async def test_date_prefixes_use_precision_ranges(aconn, patients):
     assert sorted(await ids(aconn, "Patient", "birthdate=ap1970-02-10")) == ["ann", "cleo"]
     assert await ids(aconn, "Patient", "birthdate=ap1990") == []
     assert sorted(await ids(aconn, "Patient", "birthdate=ge1975&birthdate=lt1981")) == ["bob", "cleo"]
+    assert await ids(aconn, "Patient", "birthdate=ge1975-06-02,lt1970-03&birthdate=le1975-06-01") == ["ann"]
+
+
+async def test_repeated_dates_of_one_period_match_it_together_or_apart(aconn, store):
+    """Repeated values of a one-row date parameter are checked on that row (query._same_row_dates): a
+    Period reaching into two spans that do not meet matches both, one between them neither."""
+    store({"resourceType": "Encounter", "id": "long", "status": "finished", "class": {"code": "IMP"},
+           "period": {"start": "1990-01-01", "end": "2020-12-31"}},
+          {"resourceType": "Encounter", "id": "short", "status": "finished", "class": {"code": "IMP"},
+           "period": {"start": "2004-01-01", "end": "2004-02-01"}})
+    assert await ids(aconn, "Encounter", "date=lt2000&date=gt2010") == ["long"]
+    assert sorted(await ids(aconn, "Encounter", "date=ge2004-01-15&date=le2004-01-20")) == ["long", "short"]
+    assert await ids(aconn, "Encounter", "date=sa2003&date=eb2005") == ["short"]
+    assert await ids(aconn, "Encounter", "date=eq2004-01&date=eq2004-02") == []
 
 
 async def test_date_time_with_zone(aconn, store):

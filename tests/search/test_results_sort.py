@@ -60,12 +60,30 @@ async def walk_back(aconn, resource_type, query, count):
     ("_sort=birthdate,family,_id", ["a", "e", "c", "b", "f", "d"]),
     ("_sort=-_lastUpdated,_id", ["a", "b", "c", "d", "e", "f"]),
     ("_sort=_lastUpdated,-_id", ["f", "e", "d", "c", "b", "a"]),
+    # One key: the page walks the index rows in key order (engine._page_rows_in_key_order).
+    ("_sort=family", ["c", "d", "a", "b", "f", "e"]),
+    ("_sort=-family", ["f", "b", "a", "d", "c", "e"]),
+    ("_sort=birthdate", ["a", "e", "b", "c", "f", "d"]),
 ])
 async def test_several_keys_in_one_page_and_across_pages(aconn, people, query, expected):
     assert await ids(aconn, "Patient", query) == expected
     for count in (1, 2, 4):
         assert await walk(aconn, "Patient", query, count) == expected
         assert await walk_back(aconn, "Patient", query, count) == expected
+
+
+async def test_one_key_sorts_by_the_lowest_value_ascending_and_the_highest_descending(aconn, store):
+    def named(fhir_id, *families):
+        return {"resourceType": "Patient", "id": fhir_id, "name": [{"family": family} for family in families]}
+
+    store(named("p1", "Moore", "Adams"), named("p2", "Baker"), named("p3", "Young", "Young"), named("p4"),
+          named("p5", "Clark", "Clark", "Zane"))
+    for count in (1, 2, 10):
+        assert await walk(aconn, "Patient", "_sort=family", count) == ["p1", "p2", "p5", "p3", "p4"]
+        assert await walk_back(aconn, "Patient", "_sort=family", count) == ["p1", "p2", "p5", "p3", "p4"]
+        assert await walk(aconn, "Patient", "_sort=-family", count) == ["p5", "p3", "p1", "p2", "p4"]
+        assert await walk_back(aconn, "Patient", "_sort=-family", count) == ["p5", "p3", "p1", "p2", "p4"]
+    assert await ids(aconn, "Patient", "family=c,y&_sort=family") == ["p5", "p3"]
 
 
 async def test_sort_by_token_quantity_and_date_ranges(aconn, store):
