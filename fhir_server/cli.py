@@ -41,7 +41,7 @@ class Database:
             from fhir_server.storage.embedded import EmbeddedPostgres
 
             self.embedded = EmbeddedPostgres(self.data_dir)
-            url = self.embedded.start()
+            url = self.embedded.start(get_settings().embedded_shared_buffers)
             os.environ["FHIR_DATABASE_URL"] = url
             get_settings.cache_clear()
         migrate(url)

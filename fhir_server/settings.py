@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     """PostgreSQL (with pgvector) to use; unset means an embedded server in `data_dir`."""
     data_dir: Path = Path(".fhir-data")
+    embedded_shared_buffers: str = "512MB"
+    """shared_buffers of the embedded PostgreSQL (its own default, 128MB, keeps a 100k-patient database on disk)."""
     base_path: str = "/fhir"
 
     # Tenants: `url` serves each tenant at base_path/{tenant}, in its own database schema

@@ -1,5 +1,6 @@
 """The `fhir-server` command: version, import, and serve on an embedded PostgreSQL that stops with it."""
 
+import psycopg
 import json
 import os
 import signal
@@ -83,3 +84,16 @@ def test_serve_refuses_open_host_without_authorization() -> None:
     result = run_cli("serve", "--host", "0.0.0.0", "--port", "1", env={"FHIR_AUTH": "none"})
     assert result.returncode == 2
     assert "FHIR_AUTH=none is allowed only on a loopback address" in result.stderr
+
+
+def test_embedded_postgres_runs_with_the_configured_shared_buffers(tmp_path) -> None:
+    from fhir_server.storage.embedded import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(tmp_path)
+    try:
+        uri = embedded.start("160MB")
+        with psycopg.connect(uri) as conn:
+            assert conn.execute("SHOW shared_buffers").fetchone()[0] == "160MB"
+        assert embedded.start("160MB") == uri  # already so: no restart
+    finally:
+        embedded.stop()

