@@ -212,8 +212,8 @@ async def create(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str |
 
 
 async def create_many(conn: AsyncConnection, resources: list[dict[str, Any]], *,
-                      base_url: str | None = None) -> list[StoredResource]:
-    """Insert many new resources of one type (server-assigned ids) in one statement.
+                      base_url: str | None = None, keep_ids: bool = False) -> list[StoredResource]:
+    """Insert many new resources of one type (server-assigned ids, or their own with `keep_ids`) in one statement.
 
     The side-effect hooks do not run: the caller records the side effects of the whole batch itself.
     """
@@ -226,7 +226,7 @@ async def create_many(conn: AsyncConnection, resources: list[dict[str, Any]], *,
     stored = []
     index_rows: dict[str, list[list[Any]]] = {table: [] for table in INDEX_TABLES}
     for resource in resources:
-        fhir_id = new_id()
+        fhir_id = resource["id"] if keep_ids else new_id()
         stored.append(StoredResource(0, resource_type, fhir_id, 1, moment, False,
                                      _stamp(resource, fhir_id, 1, moment)))
         rows = extract_index(resource, base_url)
