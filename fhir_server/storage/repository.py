@@ -13,6 +13,9 @@ from fhir_server.errors import FHIRError, Issue
 from fhir_server.search.extract import INDEX_COLUMNS, extract_index
 from fhir_server.worker import side_effects
 
+HISTORICAL_TYPES = frozenset({"Provenance", "AuditEvent"})
+"""Records of the past: they keep pointing at what they recorded (no retargeting by $merge, no 409 on delete)."""
+
 # The index tables and their columns belong to the search package, which produces the rows.
 INDEX_TABLES = INDEX_COLUMNS
 
@@ -285,7 +288,10 @@ async def delete(conn: AsyncConnection, resource_type: str, fhir_id: str) -> Sto
 
 
 async def referrers(conn: AsyncConnection, targets: list[tuple[str, str]], limit: int = 50) -> list[tuple[str, str, str]]:
-    """Current resources that still reference any of `targets` ((type, id) pairs), as (referrer, type, id)."""
+    """Current resources that still reference any of `targets` ((type, id) pairs), as (referrer, type, id).
+
+    Records of the past (AuditEvent, Provenance) do not count: they keep naming what was deleted.
+    """
     if not targets:
         return []
     types, ids = zip(*targets)
@@ -295,8 +301,8 @@ async def referrers(conn: AsyncConnection, targets: list[tuple[str, str]], limit
         "JOIN search_reference sr ON sr.target_type = t.target_type AND sr.target_id = t.target_id "
         "JOIN resource r ON r.id = sr.resource_id "
         "WHERE NOT r.deleted AND NOT (r.resource_type = t.target_type AND r.fhir_id = t.target_id) "
-        "ORDER BY 1 LIMIT %s",
-        (list(types), list(ids), limit),
+        "AND sr.resource_type <> ALL(%s) ORDER BY 1 LIMIT %s",
+        (list(types), list(ids), sorted(HISTORICAL_TYPES), limit),
     )).fetchall()
     return [(row[0], row[1], row[2]) for row in rows]
 
