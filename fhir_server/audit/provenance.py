@@ -6,11 +6,17 @@ from typing import Any
 import orjson
 from psycopg import AsyncConnection
 
+from fhir_server.audit.events import SERVER
 from fhir_server.errors import FHIRError, Issue
 from fhir_server.storage import repository
 from fhir_server.validation import validate_resource
 
 HEADER = "x-provenance"
+SERVER_AGENT = {
+    "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                         "code": "performer", "display": "Performer"}]},
+    "who": SERVER,
+}
 _PLACEHOLDER_TARGET = [{"reference": "Provenance/placeholder"}]
 
 
@@ -39,16 +45,13 @@ async def record(conn: AsyncConnection, provenance: dict[str, Any], written: lis
                                 base_url=base_url)
 
 
-def server_provenance(targets: list[str], activity: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A Provenance of something the server did by itself (a worker action), the server as its agent."""
-    from fhir_server.audit.events import SERVER
-
-    provenance: dict[str, Any] = {
+def server_provenance(targets: list[str], operation: str) -> dict[str, Any]:
+    """A Provenance of a write the server made by itself (a worker action), with the server as its agent;
+    `operation` is a v3-DataOperation code (CREATE, UPDATE, DELETE)."""
+    return {
         "resourceType": "Provenance", "target": [{"reference": target} for target in targets],
         "recorded": repository.instant(datetime.now(timezone.utc)),
-        "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                                        "code": "assembler", "display": "Assembler"}]}, "who": SERVER}],
+        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                                 "code": operation}]},
+        "agent": [SERVER_AGENT],
     }
-    if activity is not None:
-        provenance["activity"] = activity
-    return provenance
