@@ -52,6 +52,8 @@ def _check_access(req: FHIRRequest, kind: str) -> None:
 
 async def _record(conn: AsyncConnection, req: FHIRRequest, context: AuditContext, event: tuple[str, bytes],
                   in_transaction: bool) -> None:
+    if context.journal is not None:
+        context.journal.recorded += 1
     if in_transaction and conn.info.transaction_status == TransactionStatus.INTRANS:
         await insert(conn, [event])
     elif context.journal is not None:

@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import time
 from contextlib import suppress
 from pathlib import Path
 from uuid import uuid4
@@ -24,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 log = logging.getLogger(__name__)
 
 SUFFIX = ".audit.ndjson"
+BUSY_RATE = 20
 _INSERT_MANY = ("INSERT INTO audit_log (id, event) SELECT * FROM unnest(%s::uuid[], %s::bytea[]) "
                 "ON CONFLICT (id) DO NOTHING")
 
@@ -48,6 +50,15 @@ class Journal:
         self.fd = -1
         self.pending: list[tuple[str, bytes]] = []
         self.task: asyncio.Task | None = None
+        self.recorded = 0
+        """Interactions audited by this process so far (reads and writes): how busy it is."""
+        self._seen = (0, time.monotonic())
+
+    def busy(self) -> bool:
+        """Whether more than `BUSY_RATE` interactions a second were audited since the last call."""
+        count, since = self._seen
+        self._seen = (self.recorded, time.monotonic())
+        return self.recorded - count > BUSY_RATE * (self._seen[1] - since)
 
     def _open_segment(self) -> None:
         self.path = self.directory / f"{os.getpid()}-{uuid4().hex}{SUFFIX}"

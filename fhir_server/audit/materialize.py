@@ -6,6 +6,7 @@ AuditEvents with one set-based insert (repository.create_many) and deletes them,
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import orjson
 import psycopg
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 1000
 DUTY = 0.2
+MAX_WAIT = 30.0
 _TAKE = ("DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log LIMIT %s FOR UPDATE SKIP LOCKED) "
          "RETURNING id::text, event")
 
@@ -37,15 +39,24 @@ async def materialize_once(pool: AsyncConnectionPool, limit: int = BATCH) -> int
     return len(rows)
 
 
-async def materialize_forever(pool: AsyncConnectionPool, interval: float) -> None:
-    """Every `interval`, and at most `DUTY` of the time: indexing AuditEvents costs about as much CPU as the
-    reads they record, so under a sustained load the records wait (safely, in `audit_log`) instead of
-    slowing the requests down, and are caught up with when the load drops."""
+async def materialize_forever(pool: AsyncConnectionPool, interval: float,
+                              busy: Callable[[], bool] = lambda: False) -> None:
+    """Every `interval`, while the server is not `busy` serving requests, and at most `DUTY` of the time.
+
+    Indexing an AuditEvent costs about as much CPU as the read it records, so under load the records wait
+    (safely, in `audit_log`) instead of slowing the requests down: one batch every `MAX_WAIT` seconds, then
+    everything once the load drops.
+    """
     loop = asyncio.get_running_loop()
+    last = loop.time()
     while True:
-        started = loop.time()
+        await asyncio.sleep(interval)
+        if busy() and loop.time() - last < MAX_WAIT:
+            continue
+        started = last = loop.time()
         try:
-            await materialize_once(pool)
+            while await materialize_once(pool) == BATCH and not busy():
+                pass
         except psycopg.Error as error:
             log.warning("audit: turning records into AuditEvents failed: %s; trying again in %ss", error, interval)
-        await asyncio.sleep(max(interval, (loop.time() - started) * (1 - DUTY) / DUTY))
+        await asyncio.sleep((loop.time() - started) * (1 - DUTY) / DUTY)

@@ -157,9 +157,12 @@ async def relay_forever(runtime: Runtime, broker: Broker) -> None:
 class BackgroundWork:
     """The relay and a Dramatiq worker inside the current process, started and stopped on its event loop."""
 
-    def __init__(self, settings: Settings, pool: AsyncConnectionPool) -> None:
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool, busy: Callable[[], bool] = lambda: False
+                 ) -> None:
         self.settings = settings
         self.pool = pool
+        self.busy = busy
+        """Whether the process is serving requests (audit/materialize.py then waits)."""
         self.broker: Broker | None = None
         self.worker: Worker | None = None
         self.relay: asyncio.Task | None = None
@@ -172,7 +175,7 @@ class BackgroundWork:
         self.worker = Worker(self.broker, worker_threads=self.settings.worker_threads, worker_timeout=100)
         self.worker.start()
         self.relay = asyncio.create_task(relay_forever(runtime, self.broker), name="outbox-relay")
-        self.audit = asyncio.create_task(materialize_forever(self.pool, self.settings.audit_flush_seconds),
+        self.audit = asyncio.create_task(materialize_forever(self.pool, self.settings.audit_flush_seconds, self.busy),
                                          name="audit-events")
 
     async def stop(self) -> None:
