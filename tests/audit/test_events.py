@@ -129,3 +129,13 @@ async def test_bundles_and_each_entry_are_audited(audited_client) -> None:
         assert (await wait_for_events(client, "subtype=batch"))[0]["action"] == "E"
         assert (await wait_for_events(client, f"entity=Patient/{pid}&subtype=read"))[0]["outcome"] == "0"
         assert (await wait_for_events(client, "entity=Patient/missing-one"))[0]["outcome"] == "4"
+
+
+async def test_raw_binary_reads_and_writes_are_audited(audited_client) -> None:
+    async with audited_client() as client:
+        created = await client.post("/Binary", content=b"plain text", headers={"Content-Type": "text/plain"})
+        assert created.status_code == 201, created.text
+        bid = created.json()["id"]
+        assert (await client.get(f"/Binary/{bid}")).content == b"plain text"
+        events = await wait_for_events(client, f"entity=Binary/{bid}", 2)
+        assert {subtype(event) for event in events} == {"create", "read"}
