@@ -39,9 +39,10 @@ def _check_access(req: FHIRRequest, kind: str) -> None:
         raise FHIRError.of(405, "not-supported", f"{req.resource_type} resources are written by the server only; "
                                                  "they cannot be created, updated, patched or deleted")
     principal = req.principal
-    if principal is None or req.resource_type is not None or req.compartment_type is not None:
+    if principal is None or req.resource_type is not None:
         return
-    # System-wide history and search span the audit trail: only for callers granted it.
+    # System-wide history, and searches of all types (system or `Compartment/id/*`), span the audit trail:
+    # only for callers granted it.
     spans_audit = kind == "history" or (kind == "search" and (
         not req.query_values("_type") or AUDIT_TYPES & set(",".join(req.query_values("_type")).split(","))))
     if spans_audit and not principal.may_read_audit():

@@ -66,11 +66,16 @@ async def test_reading_the_audit_trail_needs_a_scope_naming_it(audited_client, a
             response = await client.get(path, headers=everything)
             assert response.status_code == 403, (path, response.text)
             assert response.json()["resourceType"] == "OperationOutcome"
+        compartment = await client.get(f"/Patient/{pid}/*", headers=everything)
+        assert compartment.status_code == 403, compartment.text
+        record = await client.get(f"/Patient/{pid}/$everything", headers=everything)
+        assert [entry["resource"]["resourceType"] for entry in record.json()["entry"]] == ["Patient"]
+        assert (await client.get(f"/Patient/{pid}/$everything?_type=AuditEvent", headers=everything)).status_code == 403
         included = await client.get(f"/Patient?_id={pid}&_revinclude=AuditEvent:entity", headers=everything)
         assert [entry["resource"]["resourceType"] for entry in included.json()["entry"]] == ["Patient"]
         # the auditor reads all of it
         for path in (f"/AuditEvent/{event_id}", f"/AuditEvent/{event_id}/_history", "/_history",
-                     "/?_type=AuditEvent"):
+                     "/?_type=AuditEvent", f"/Patient/{pid}/*", f"/Patient/{pid}/$everything?_type=AuditEvent"):
             assert (await client.get(path, headers=auditor)).status_code == 200, path
         assert (await client.get(f"/AuditEvent?entity=Patient/{pid}", headers=narrow)).json()["total"] >= 1
         assert (await client.get(f"/Patient/{pid}", headers=narrow)).status_code == 403
