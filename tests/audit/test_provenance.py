@@ -66,3 +66,22 @@ async def test_an_invalid_x_provenance_is_400_and_nothing_is_written(configured_
         assert transaction.status_code == 400
         assert (await client.get("/Patient")).json()["total"] == 0
         assert (await client.get("/Provenance")).json()["total"] == 0
+
+
+async def test_what_the_server_writes_by_itself_has_the_server_as_provenance_agent(background_app, twilio, db) -> None:
+    from tests.messaging.helpers import communication_request, eventually, patient, read
+
+    async with background_app() as (_, client):
+        pid = (await client.post("/fhir/Patient", json=patient())).json()["id"]
+        rid = (await client.post("/fhir/CommunicationRequest",
+                                 json=communication_request(f"Patient/{pid}"))).json()["id"]
+        await eventually(lambda: read(db, "CommunicationRequest", rid)["status"] == "completed")
+        communications = (await client.get(f"/fhir/Communication?based-on=CommunicationRequest/{rid}")).json()
+        cid = communications["entry"][0]["resource"]["id"]
+        for target, versions in ((f"Communication/{cid}", {"1", "2"}), (f"CommunicationRequest/{rid}", {"2"})):
+            found = (await client.get(f"/fhir/Provenance?target={target}")).json().get("entry", [])
+            provenances = [entry["resource"] for entry in found]
+            # the CommunicationRequest's version 1 is the client's (no X-Provenance): no Provenance for it
+            assert {p["target"][0]["reference"].rsplit("/", 1)[1] for p in provenances} == versions, target
+            assert all(p["agent"][0]["who"]["identifier"] == {"system": "urn:fhir-server:device",
+                                                              "value": "fhir-server"} for p in provenances)
