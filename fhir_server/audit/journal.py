@@ -61,9 +61,13 @@ class Journal:
         return self.recorded - count > BUSY_RATE * (self._seen[1] - since)
 
     def _open_segment(self) -> None:
+        # Locked under a name the replay does not look at, then renamed: no other process can take a
+        # segment for an orphan between its creation and its lock.
         self.path = self.directory / f"{os.getpid()}-{uuid4().hex}{SUFFIX}"
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        creating = self.path.with_suffix(".new")
+        self.fd = os.open(creating, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        creating.rename(self.path)
         self.pending = []
 
     async def start(self) -> None:
