@@ -9,6 +9,7 @@ from uuid import uuid4
 import orjson
 
 from fhir_server.request import FHIRRequest, Outcome
+from fhir_server.storage import tenants
 
 EVENT_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
               "display": "RESTful Operation"}
@@ -158,9 +159,9 @@ def audit_event(req: FHIRRequest, kind: str, query: list[tuple[str, str]], addre
     }
     if failure:
         event["outcomeDesc"] = f"{status}: {failure}"[:1000]
-    tenant = getattr(req, "tenant", None) or (req.principal.token.tenant if req.principal is not None else None)
-    if tenant:
-        event["source"]["site"] = tenant
+    tenant = tenants.current.get()
+    if tenant is not None:
+        event["source"]["site"] = tenant.name
     entities = _entities(req, kind, query, outcome)
     if entities:
         event["entity"] = entities

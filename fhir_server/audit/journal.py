@@ -1,7 +1,8 @@
 """The audit journal of one server process: records of reads are appended to a local file before the
 response goes out, and moved into the `audit_log` table in bulk every `audit_flush_seconds`.
 
-Each process writes its own file and holds an exclusive flock on it; a file that can be locked belongs to
+A record is stored in the schema of the tenant it was made in (FHIR_TENANCY=url): each line is the tenant's
+name (empty without tenancy), a tab, and the AuditEvent. Each process writes its own file and holds an exclusive flock on it; a file that can be locked belongs to
 no live process (it crashed, or a flush failed) and is replayed into the table by whichever process finds
 it, at start-up and on every flush. A record reaches the file with a plain write(2), so it survives the
 death of the process (SIGKILL included) but not a crash of the machine before the flush: that window is
@@ -9,6 +10,7 @@ death of the process (SIGKILL included) but not a crash of the machine before th
 """
 
 import asyncio
+from collections import defaultdict
 import fcntl
 import logging
 import os
@@ -21,6 +23,8 @@ import orjson
 import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+
+from fhir_server.storage import tenants
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ class Journal:
         self.interval = interval
         self.path: Path | None = None
         self.fd = -1
-        self.pending: list[tuple[str, bytes]] = []
+        self.pending: list[tuple[str, str, bytes]] = []
         self.task: asyncio.Task | None = None
         self.recorded = 0
         """Interactions audited by this process so far (reads and writes): how busy it is."""
@@ -78,8 +82,10 @@ class Journal:
 
     def append(self, event_id: str, event: bytes) -> None:
         """Called on the request path: one write(2), no waiting for the database."""
-        os.write(self.fd, event + b"\n")
-        self.pending.append((event_id, event))
+        tenant = tenants.current.get()
+        name = tenant.name if tenant is not None else ""
+        os.write(self.fd, name.encode() + b"\t" + event + b"\n")
+        self.pending.append((name, event_id, event))
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -98,8 +104,7 @@ class Journal:
         path, fd, records = self.path, self.fd, self.pending
         self._open_segment()
         try:
-            async with self.pool.connection() as conn:
-                await insert(conn, records)
+            await self._store(records)
         except (psycopg.Error, OSError) as error:
             log.warning("audit journal: %s; %s is replayed later", error, path)
         else:
@@ -123,15 +128,33 @@ class Journal:
             try:
                 records = []
                 for line in path.read_bytes().splitlines():
+                    name, _, event = line.partition(b"\t")
                     with suppress(orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-                        records.append((orjson.loads(line)["id"], line))  # a torn last line is skipped
-                async with self.pool.connection() as conn:
-                    await insert(conn, records)
+                        records.append((name.decode(), orjson.loads(event)["id"], event))  # a torn line is skipped
+                await self._store(records)
                 path.unlink(missing_ok=True)
             except (psycopg.Error, OSError) as error:
                 log.warning("audit journal: replaying %s failed: %s", path, error)
             finally:
                 os.close(fd)
+
+    async def _store(self, records: list[tuple[str, str, bytes]]) -> None:
+        """Insert (tenant name, id, event) records, each in its tenant's schema."""
+        by_tenant: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        for name, event_id, event in records:
+            by_tenant[name].append((event_id, event))
+        for name, rows in by_tenant.items():
+            try:
+                tenant = await self.pool.resolve(name) if name else None
+            except tenants.UnknownTenant:
+                log.warning("audit journal: %s records of the removed tenant %r dropped", len(rows), name)
+                continue
+            selected = tenants.current.set(tenant)
+            try:
+                async with self.pool.connection() as conn:
+                    await insert(conn, rows)
+            finally:
+                tenants.current.reset(selected)
 
     async def _flush_forever(self) -> None:
         while True:

@@ -12,7 +12,8 @@ import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from fhir_server.storage import repository
+from fhir_server.storage import repository, tenants
+from fhir_server.storage.database import TenantPool
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,13 @@ async def materialize_forever(pool: AsyncConnectionPool, interval: float,
             continue
         started = last = loop.time()
         try:
-            while await materialize_once(pool) == BATCH and not busy():
-                pass
+            for tenant in await pool.all_tenants() if isinstance(pool, TenantPool) else [None]:
+                selected = tenants.current.set(tenant)
+                try:
+                    while await materialize_once(pool) == BATCH and not busy():
+                        pass
+                finally:
+                    tenants.current.reset(selected)
         except psycopg.Error as error:
             log.warning("audit: turning records into AuditEvents failed: %s; trying again in %ss", error, interval)
         await asyncio.sleep((loop.time() - started) * (1 - DUTY) / DUTY)
