@@ -41,12 +41,12 @@ def _check_access(req: FHIRRequest, kind: str) -> None:
     principal = req.principal
     if principal is None or req.resource_type is not None:
         return
-    # System-wide history, and searches of all types (system or `Compartment/id/*`), span the audit trail:
-    # only for callers granted it.
-    spans_audit = kind == "history" or (kind == "search" and (
-        not req.query_values("_type") or AUDIT_TYPES & set(",".join(req.query_values("_type")).split(","))))
+    # Searches of all types (system or `Compartment/id/*`) span the audit trail: only for callers granted it
+    # (system history leaves out what the caller may not read, AuditEvents included: interactions/history.py).
+    spans_audit = kind == "search" and req.operation is None and (
+        not req.query_values("_type") or AUDIT_TYPES & set(",".join(req.query_values("_type")).split(",")))
     if spans_audit and not principal.may_read_audit():
-        raise FHIRError.of(403, "forbidden", "System-wide history and searches that may include AuditEvents "
+        raise FHIRError.of(403, "forbidden", "Searches of all types, which may include AuditEvents, "
                                              "need a scope naming AuditEvent (e.g. system/AuditEvent.rs); "
                                              "name the types with _type instead")
 

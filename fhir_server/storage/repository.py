@@ -325,12 +325,17 @@ class HistoryEntry:
 
 async def history(conn: AsyncConnection, *, resource_type: str | None, fhir_id: str | None,
                   since: datetime | None, at: datetime | None, count: int,
-                  before: tuple[datetime, int, int] | None) -> list[HistoryEntry]:
+                  before: tuple[datetime, int, int] | None, types: frozenset[str] | None = None
+                  ) -> list[HistoryEntry]:
     """Versions newest first, keyset-paged on (last_updated, resource_id, version_id) below `before`.
 
-    `at` keeps, per resource, the version current at that moment.
+    `at` keeps, per resource, the version current at that moment; `types` (None = all) limits system history to
+    what the caller may read.
     """
     conditions, args = [], []
+    if types is not None:
+        conditions.append("v.resource_type = ANY(%s)")
+        args.append(sorted(types))
     if resource_type is not None:
         conditions.append("v.resource_type = %s")
         args.append(resource_type)

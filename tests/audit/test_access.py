@@ -62,10 +62,12 @@ async def test_reading_the_audit_trail_needs_a_scope_naming_it(audited_client, a
         event_id = events[0]["id"]
         # wildcards do not cover AuditEvent: search, read, history, system-wide views, includes
         for path in ("/AuditEvent", f"/AuditEvent/{event_id}", f"/AuditEvent/{event_id}/_history",
-                     "/AuditEvent/_history", "/_history", "/?_id=x", "/?_type=AuditEvent,Patient"):
+                     "/AuditEvent/_history", "/?_id=x", "/?_type=AuditEvent,Patient"):
             response = await client.get(path, headers=everything)
             assert response.status_code == 403, (path, response.text)
             assert response.json()["resourceType"] == "OperationOutcome"
+        history = await client.get("/_history", headers=everything)
+        assert history.status_code == 200 and "AuditEvent" not in history.text
         compartment = await client.get(f"/Patient/{pid}/*", headers=everything)
         assert compartment.status_code == 403, compartment.text
         record = await client.get(f"/Patient/{pid}/$everything", headers=everything)
@@ -74,6 +76,7 @@ async def test_reading_the_audit_trail_needs_a_scope_naming_it(audited_client, a
         included = await client.get(f"/Patient?_id={pid}&_revinclude=AuditEvent:entity", headers=everything)
         assert [entry["resource"]["resourceType"] for entry in included.json()["entry"]] == ["Patient"]
         # the auditor reads all of it
+        assert "AuditEvent" in (await client.get("/_history?_count=500", headers=auditor)).text
         for path in (f"/AuditEvent/{event_id}", f"/AuditEvent/{event_id}/_history", "/_history",
                      "/?_type=AuditEvent", f"/Patient/{pid}/*", f"/Patient/{pid}/$everything?_type=AuditEvent"):
             assert (await client.get(path, headers=auditor)).status_code == 200, path

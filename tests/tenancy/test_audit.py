@@ -2,8 +2,6 @@
 
 import time
 
-from tests.tenancy.conftest import http, tenancy, tenant_db  # noqa: F401 (fixtures)
-
 
 def test_audit_records_stay_in_their_tenant(http, tenant_db) -> None:
     pid = http["alpha"].post("/Patient", json={"resourceType": "Patient"}).json()["id"]
