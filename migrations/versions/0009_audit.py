@@ -1,13 +1,13 @@
 """Audit records waiting to become AuditEvent resources.
 
 Revision ID: 0009
-Revises: 0012
+Revises: 0014
 """
 
 from alembic import op
 
 revision = "0009"
-down_revision = "0012"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
