@@ -1,8 +1,11 @@
 """Running one request: route it, authorize it, call the interaction. HTTP requests and Bundle entries alike."""
 
+from functools import partial
+
 import orjson
 from psycopg import AsyncConnection
 
+from fhir_server.audit.interceptor import audited
 from fhir_server.auth.enforce import HIDDEN_FROM_PATIENTS, in_patient_compartment, not_found, permission_for
 from fhir_server.errors import FHIRError
 from fhir_server.interactions import capabilities, create, delete, history, patch, read, search, update
@@ -27,17 +30,29 @@ def _kind(req: FHIRRequest, handler: object) -> str:
     if handler is history.history:
         return "history-instance" if req.id else "history"
     if req.operation is not None:
+        if handler is capabilities.capabilities:
+            return "capabilities"
         return "search" if req.operation in SEARCH_OPERATIONS else "operation"
-    return KINDS[handler]
+    if handler in KINDS:
+        return KINDS[handler]
+    # The one handler not in KINDS: a Bundle posted to the base (interactions.transaction imports this module).
+    return "transaction" if isinstance(req.body, dict) and req.body.get("type") == "transaction" else "batch"
 
 
 async def dispatch(conn: AsyncConnection, req: FHIRRequest, handler: Handler | None = None) -> Outcome:
     """`handler` is the route of `req` when the caller has looked it up already."""
     handler = handler or route(req)
-    principal = req.principal
-    if principal is None or handler is capabilities.capabilities:
-        return await handler(conn, req)
     kind = _kind(req, handler)
+    if kind == "capabilities":
+        return await handler(conn, req)
+    return await audited(conn, req, kind, partial(_authorized, conn, req, handler, kind))  # the audit interceptor
+
+
+async def _authorized(conn: AsyncConnection, req: FHIRRequest, handler: Handler, kind: str) -> Outcome:
+    """Authorize `req` against its caller's token (entries of a Bundle are authorized one by one), then run it."""
+    principal = req.principal
+    if principal is None or kind in ("transaction", "batch"):
+        return await handler(conn, req)
     permission = permission_for(req.method, kind, req.operation)
     patient = principal.restriction(req.resource_type, permission)
     filters = principal.filters(req.resource_type, permission)

@@ -41,6 +41,8 @@ class FHIRRequest:
     """A transaction checks references to deleted resources once, after all its entries ..."""
     deleted_targets: list[tuple[str, str]] = field(default_factory=list)
     """... the (type, id) pairs its deletes leave here for that check."""
+    audit: Any = None
+    """Where the interaction's AuditEvent goes (`audit.interceptor.AuditContext`); None = not audited."""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)

@@ -153,6 +153,14 @@ class Settings(BaseSettings):
     semantic_candidates: int = 100
     """Chunks each ranking (vector and full text) contributes before fusion."""
 
+    # Audit: every interaction becomes an AuditEvent (fhir_server/audit/).
+    audit_journal_dir: Path | None = None
+    """Where each server process appends the audit records of reads before they reach the database (they
+    survive a crash of the process); unset means `data_dir`/audit."""
+    audit_flush_seconds: float = 0.2
+    """How often a server process moves its journal into the database, and the background job turns audit
+    records into AuditEvent resources."""
+
     @field_validator("document_mime_types", mode="before")
     @classmethod
     def _split_mime_types(cls, value: object) -> object:

@@ -16,6 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fhir_server.audit.interceptor import AuditContext
+from fhir_server.audit.journal import Journal
 from fhir_server.auth.enforce import Principal
 from fhir_server.auth.server import auth_router
 from fhir_server.dispatch import dispatch
@@ -127,24 +129,20 @@ def _render(req: FHIRRequest | None, outcome: Outcome, request: Request, write: 
     return Response(body, outcome.status, headers, media_type=media if body is not None else None)
 
 
-def _new_request(request: Request, path: str, settings: Settings) -> FHIRRequest:
+def _new_request(request: Request, path: str, settings: Settings, journal: Journal | None) -> FHIRRequest:
     req = FHIRRequest(method=request.method, base_url=_base_url(request, settings),
                       query=[(key, value) for key, value in request.query_params.multi_items()
                              if key not in PRESENTATION_PARAMETERS],
-                      headers={key.lower(): value for key, value in request.headers.items()})
+                      headers={key.lower(): value for key, value in request.headers.items()},
+                      audit=AuditContext(request.client.host if request.client else None, journal))
     parse_target(req, path)
     return req
 
 
-def _needs_transaction(req: FHIRRequest, handler: object) -> bool:
-    """Whether the handler must run inside BEGIN ... COMMIT.
-
-    Reads are single statements; so is a create without If-None-Exist (one INSERT with CTEs), which is
-    atomic on its own in autocommit mode and saves two round trips on the hottest write.
-    """
-    if req.method in ("GET", "HEAD"):
-        return False
-    return not (handler is create.create and "if-none-exist" not in req.headers)
+def _needs_transaction(req: FHIRRequest) -> bool:
+    """Whether the handler must run inside BEGIN ... COMMIT: every write, whose AuditEvent record commits with
+    it (audit/interceptor.py). Reads are single statements."""
+    return req.method not in ("GET", "HEAD")
 
 
 class FHIRApplication:
@@ -162,6 +160,7 @@ class FHIRApplication:
         self.fastapi.include_router(twilio_routes(self))  # Twilio webhooks, outside the FHIR base
         self.pool = None
         self.background: BackgroundWork | None = None
+        self.journal: Journal | None = None
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI):
@@ -179,12 +178,16 @@ class FHIRApplication:
                     await load_stored_search_parameters(conn)
             finally:
                 tenants.current.reset(selected)
+        self.journal = Journal(self.settings.audit_journal_dir or self.settings.data_dir / "audit", self.pool,
+                               self.settings.audit_flush_seconds)
+        await self.journal.start()
         if in_process(self.settings):  # the embedded default: this process also relays and delivers
-            self.background = BackgroundWork(self.settings, self.pool)
+            self.background = BackgroundWork(self.settings, self.pool, self.journal.busy)
             await self.background.start()
         yield
         if self.background is not None:
             await self.background.stop()
+        await self.journal.stop()
         await self.pool.close()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -232,7 +235,7 @@ class FHIRApplication:
         req = None
         write = False
         try:
-            req = _new_request(request, path, self.settings)
+            req = _new_request(request, path, self.settings, self.journal)
             if binary.takes(req):  # raw document bytes in or out: streamed, not through the JSON body path
                 return await self._documents(request, req)
             _negotiate(request)
@@ -267,12 +270,12 @@ class FHIRApplication:
         """The interaction, in one database transaction when it writes. PostgreSQL breaks a deadlock between
         transactions (locks taken in different orders, e.g. a Bundle against a $merge) by rolling one back:
         that one runs again from the start, on a fresh copy of the request (`again`), a few times."""
-        run = handler if handler is transaction.process else partial(dispatch, handler=handler)
+        run = partial(dispatch, handler=handler)
         attempt = 1
         while True:
             try:
                 async with self.pool.connection() as conn:
-                    if not _needs_transaction(req, handler):
+                    if not _needs_transaction(req):
                         return await run(conn, req)
                     async with conn.transaction():
                         return await run(conn, req)
@@ -285,7 +288,7 @@ class FHIRApplication:
                 attempt += 1
 
     def _again(self, request: Request, path: str, raw: bytes | None, principal: Principal | None) -> FHIRRequest:
-        req = _new_request(request, path, self.settings)
+        req = _new_request(request, path, self.settings, self.journal)
         if raw is not None:
             req.body = _parse_body(req, request.headers.get("content-type", ""), raw)
         req.principal = principal

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 from psycopg import AsyncConnection
 
-from fhir_server.auth.scopes import Grant, matching_grants, parse_scopes
+from fhir_server.auth.scopes import AUDIT_TYPES, Grant, matching_grants, parse_scopes
 from fhir_server.errors import FHIRError, Issue
+from fhir_server.resource_types import resource_types
 from fhir_server.search.compartment import compartment_condition
 from fhir_server.search.engine import find_matches
 
@@ -71,9 +72,16 @@ class Principal:
     def readable_types(self) -> frozenset[str] | None:
         """Types the caller may read or search (for included resources); None = every type."""
         readable = [grant for grant in self.grants if grant.permissions & {"r", "s"}]
-        if any(grant.resource_type == "*" for grant in readable):
+        named = frozenset(grant.resource_type for grant in readable)
+        if "*" not in named:
+            return named
+        if self.may_read_audit():
             return None
-        return frozenset(grant.resource_type for grant in readable)
+        return frozenset(resource_types()) - AUDIT_TYPES
+
+    def may_read_audit(self) -> bool:
+        """Whether a scope names the audit trail (wildcards do not grant it)."""
+        return all(matching_grants(self.grants, kind, "r") for kind in AUDIT_TYPES)
 
 
 def permission_for(method: str, kind: str, operation: str | None) -> str:

@@ -9,6 +9,9 @@ from urllib.parse import parse_qsl
 V1_PERMISSIONS = {"read": frozenset("rs"), "write": frozenset("cud"), "*": frozenset("cruds")}
 V2_ORDER = "cruds"
 SCOPE = re.compile(r"(patient|user|system)/([A-Za-z]+|\*)\.([A-Za-z*]+)(?:\?(.*))?")
+AUDIT_TYPES = frozenset({"AuditEvent"})
+"""The audit trail: granted only by a scope that names it (`system/AuditEvent.rs`, `user/AuditEvent.read`),
+never by a wildcard such as `user/*.rs`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +25,9 @@ class Grant:
     filters: tuple[tuple[str, str], ...] = ()
 
     def covers(self, resource_type: str | None, permission: str) -> bool:
-        return permission in self.permissions and self.resource_type in ("*", resource_type)
+        if permission not in self.permissions:
+            return False
+        return self.resource_type == resource_type or (self.resource_type == "*" and resource_type not in AUDIT_TYPES)
 
 
 def _permissions(text: str) -> frozenset[str] | None:

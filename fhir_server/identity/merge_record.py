@@ -3,14 +3,10 @@
 from datetime import datetime
 from typing import Any
 
+from fhir_server.audit.provenance import SERVER_AGENT
 from fhir_server.storage.repository import instant
 
 LIFECYCLE = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
-SERVER_AGENT = {
-    "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                         "code": "performer", "display": "Performer"}]},
-    "who": {"display": "fhir-server"},
-}
 
 Change = tuple[str, str, int, int]
 """(resource type, id, version before, version after) of one resource the operation changed."""

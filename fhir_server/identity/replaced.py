@@ -15,9 +15,8 @@ from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError, Issue
 from fhir_server.identity.references import local_target, references
+from fhir_server.storage.repository import HISTORICAL_TYPES
 
-# Records of the past: they keep pointing at the Patient as it was, and are never retargeted.
-HISTORICAL_TYPES = frozenset({"Provenance", "AuditEvent"})
 
 
 def referenced_patients(resource: dict[str, Any], base_url: str | None) -> set[str]:

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fhir_server.audit.interceptor import audited
 from fhir_server.auth.enforce import not_found
 from fhir_server.dispatch import dispatch
 from fhir_server.documents import content as received
@@ -100,12 +101,18 @@ async def authorize_read(conn: AsyncConnection, req: FHIRRequest) -> None:
                                                       f"securityContext {context}") from None
 
 
+async def _read_authorized(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
+    if req.principal is not None:
+        await authorize_read(conn, req)
+    return await (read.vread if req.version_id is not None else read.read)(conn, req)
+
+
 async def _read(pool: AsyncConnectionPool, request: Request, req: FHIRRequest, settings: Settings
                 ) -> Response | Outcome:
     async with pool.connection() as conn:
-        if req.principal is not None:
-            await authorize_read(conn, req)
-        outcome = await (read.vread if req.version_id is not None else read.read)(conn, req)
+        # Raw reads bypass dispatch (the bytes are streamed), so they meet the audit interceptor here.
+        outcome = await audited(conn, req, "vread" if req.version_id is not None else "read",
+                                partial(_read_authorized, conn, req))
         if outcome.status != 200:
             return outcome  # 304
         binary = orjson.loads(outcome.body)

@@ -7,6 +7,7 @@ import orjson
 
 from fhir_server import FHIR_VERSION, __version__
 from fhir_server.auth.endpoints import endpoints_of
+from fhir_server.auth.scopes import AUDIT_TYPES
 from fhir_server.operations import basic_render, communication_request_send_bulk
 from fhir_server.operations import (document_download, patient_everything, patient_match, patient_merge,
                                     patient_unmerge, reindex, semantic_search, validate)
@@ -24,6 +25,7 @@ OPERATIONS = (validate, reindex, patient_match, patient_merge, patient_unmerge, 
 SYSTEM_OPERATIONS = (semantic_search,)
 TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type")
+READ_INTERACTIONS = ("read", "vread", "history-instance", "history-type", "search-type")
 # Served from the resource table itself rather than from the parameter data.
 COMMON_SEARCH_PARAMETERS = (
     {"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"},
@@ -35,17 +37,19 @@ COMMON_SEARCH_PARAMETERS = (
 def _resource(resource_type: str) -> dict[str, Any]:
     settings = get_settings()
     searchable = sorted(parameters_for(resource_type).values(), key=lambda parameter: parameter.code)
+    writable = resource_type not in AUDIT_TYPES  # AuditEvents are written by the server only
     return {
         "type": resource_type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
-        "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+        "interaction": [{"code": code} for code in (TYPE_INTERACTIONS if writable else READ_INTERACTIONS)],
         "versioning": "versioned-update",
         "readHistory": True,
-        "updateCreate": True,
-        "conditionalCreate": True,
+        "updateCreate": writable,
+        "conditionalCreate": writable,
         "conditionalRead": "full-support",
-        "conditionalUpdate": True,
-        "conditionalDelete": "multiple" if settings.allow_multiple_delete else "single",
+        "conditionalUpdate": writable,
+        "conditionalDelete": ("multiple" if settings.allow_multiple_delete else "single") if writable
+        else "not-supported",
         "referencePolicy": ["literal", "logical"],
         "searchParam": [*COMMON_SEARCH_PARAMETERS, *(
             {"name": parameter.code, "definition": parameter.url, "type": parameter.type}

@@ -77,6 +77,7 @@ async def history(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     items = await repository.history(
         conn, resource_type=req.resource_type, fhir_id=req.id, since=_instant_param(req, "_since"),
         at=_instant_param(req, "_at"), count=count + 1, before=_cursor(req),
+        types=req.restriction.readable_types if req.restriction is not None and req.resource_type is None else None,
     ) if count else []
     more = len(items) > count
     path = "/".join(part for part in (req.resource_type, req.id) if part)

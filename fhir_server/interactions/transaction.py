@@ -68,6 +68,7 @@ def _parse_entries(bundle: dict[str, Any], outer: FHIRRequest) -> list[FHIRReque
         if prefer:
             req.headers["prefer"] = prefer
         req.principal = outer.principal
+        req.audit = outer.audit
         req.body = entry.get("resource")
         if req.method == "PATCH":
             req.body = _patch_document(req.body, index)

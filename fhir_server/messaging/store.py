@@ -1,9 +1,11 @@
-"""Writing the resources that notifications produce, validated like any client's."""
+"""Writing the resources that notifications and workflows produce, validated like any client's, each with a
+Provenance naming the server as its agent (these writes are the server's own actions, not a client's)."""
 
 from typing import Any
 
 from psycopg import AsyncConnection
 
+from fhir_server.audit.provenance import server_provenance
 from fhir_server.storage import repository
 from fhir_server.storage.repository import StoredResource
 from fhir_server.validation import validate_resource
@@ -15,6 +17,10 @@ async def store(conn: AsyncConnection, resource: dict[str, Any]) -> StoredResour
     if issues:
         raise ValueError(f"invalid {resource['resourceType']}: " + "; ".join(issue.diagnostics for issue in issues))
     if "id" not in resource:
-        return await repository.create(conn, resource)
-    stored, _ = await repository.update(conn, resource, resource["id"])
+        stored = await repository.create(conn, resource)
+    else:
+        stored, _ = await repository.update(conn, resource, resource["id"])
+    await repository.create(conn, server_provenance(
+        [f"{stored.resource_type}/{stored.fhir_id}/_history/{stored.version_id}"],
+        "CREATE" if stored.version_id == 1 else "UPDATE"))
     return stored

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 
 from psycopg import AsyncConnection
 
+from fhir_server.auth.scopes import AUDIT_TYPES
 from fhir_server.errors import FHIRError
 from fhir_server.identity import replaced
 from fhir_server.operations.definitions import canonical
@@ -60,6 +61,9 @@ def _page_query(patient_id: str, start: datetime | None, end: datetime | None, s
     if types is not None:
         conditions.append("r.resource_type = ANY(%s)")
         args.append(types)
+    else:  # the audit trail is no part of the record: it comes only when _type names it
+        conditions.append("r.resource_type <> ALL(%s)")
+        args.append(sorted(AUDIT_TYPES))
     if after is not None:
         conditions.append("r.id > %s")
         args.append(after)
@@ -102,6 +106,9 @@ async def everything(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     if req.query_values("_type"):
         types = [require_known_type(kind.strip()) for value in req.query_values("_type")
                  for kind in value.split(",") if kind.strip()]
+    if types is not None and AUDIT_TYPES & set(types) and req.principal is not None \
+            and not req.principal.may_read_audit():
+        raise FHIRError.of(403, "forbidden", "AuditEvents need a scope naming AuditEvent (e.g. user/AuditEvent.rs)")
     count_text = _single(req, "_count")
     if count_text is not None and not count_text.isdigit():
         raise FHIRError.of(400, "invalid", "_count must be a non-negative integer", "_count")

@@ -13,6 +13,9 @@ from fhir_server.errors import FHIRError, Issue
 from fhir_server.search.extract import INDEX_COLUMNS, extract_index
 from fhir_server.worker import side_effects
 
+HISTORICAL_TYPES = frozenset({"Provenance", "AuditEvent"})
+"""Records of the past: they keep pointing at what they recorded (no retargeting by $merge, no 409 on delete)."""
+
 # The index tables and their columns belong to the search package, which produces the rows.
 INDEX_TABLES = INDEX_COLUMNS
 
@@ -212,8 +215,8 @@ async def create(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str |
 
 
 async def create_many(conn: AsyncConnection, resources: list[dict[str, Any]], *,
-                      base_url: str | None = None) -> list[StoredResource]:
-    """Insert many new resources of one type (server-assigned ids) in one statement.
+                      base_url: str | None = None, keep_ids: bool = False) -> list[StoredResource]:
+    """Insert many new resources of one type (server-assigned ids, or their own with `keep_ids`) in one statement.
 
     The side-effect hooks do not run: the caller records the side effects of the whole batch itself.
     """
@@ -226,7 +229,7 @@ async def create_many(conn: AsyncConnection, resources: list[dict[str, Any]], *,
     stored = []
     index_rows: dict[str, list[list[Any]]] = {table: [] for table in INDEX_TABLES}
     for resource in resources:
-        fhir_id = new_id()
+        fhir_id = resource["id"] if keep_ids else new_id()
         stored.append(StoredResource(0, resource_type, fhir_id, 1, moment, False,
                                      _stamp(resource, fhir_id, 1, moment)))
         rows = extract_index(resource, base_url)
@@ -285,7 +288,10 @@ async def delete(conn: AsyncConnection, resource_type: str, fhir_id: str) -> Sto
 
 
 async def referrers(conn: AsyncConnection, targets: list[tuple[str, str]], limit: int = 50) -> list[tuple[str, str, str]]:
-    """Current resources that still reference any of `targets` ((type, id) pairs), as (referrer, type, id)."""
+    """Current resources that still reference any of `targets` ((type, id) pairs), as (referrer, type, id).
+
+    Records of the past (AuditEvent, Provenance) do not count: they keep naming what was deleted.
+    """
     if not targets:
         return []
     types, ids = zip(*targets)
@@ -295,8 +301,8 @@ async def referrers(conn: AsyncConnection, targets: list[tuple[str, str]], limit
         "JOIN search_reference sr ON sr.target_type = t.target_type AND sr.target_id = t.target_id "
         "JOIN resource r ON r.id = sr.resource_id "
         "WHERE NOT r.deleted AND NOT (r.resource_type = t.target_type AND r.fhir_id = t.target_id) "
-        "ORDER BY 1 LIMIT %s",
-        (list(types), list(ids), limit),
+        "AND sr.resource_type <> ALL(%s) ORDER BY 1 LIMIT %s",
+        (list(types), list(ids), sorted(HISTORICAL_TYPES), limit),
     )).fetchall()
     return [(row[0], row[1], row[2]) for row in rows]
 
@@ -319,12 +325,17 @@ class HistoryEntry:
 
 async def history(conn: AsyncConnection, *, resource_type: str | None, fhir_id: str | None,
                   since: datetime | None, at: datetime | None, count: int,
-                  before: tuple[datetime, int, int] | None) -> list[HistoryEntry]:
+                  before: tuple[datetime, int, int] | None, types: frozenset[str] | None = None
+                  ) -> list[HistoryEntry]:
     """Versions newest first, keyset-paged on (last_updated, resource_id, version_id) below `before`.
 
-    `at` keeps, per resource, the version current at that moment.
+    `at` keeps, per resource, the version current at that moment; `types` (None = all) limits system history to
+    what the caller may read.
     """
     conditions, args = [], []
+    if types is not None:
+        conditions.append("v.resource_type = ANY(%s)")
+        args.append(sorted(types))
     if resource_type is not None:
         conditions.append("v.resource_type = %s")
         args.append(resource_type)

@@ -65,9 +65,10 @@ def contained_outcome(task: dict) -> dict:
 
 
 def references_to(db, patient_id: str) -> int:
-    """Current resources (other than merge records) whose index still points at Patient/`patient_id`."""
+    """Current resources (other than merge and audit records) whose index still points at Patient/`patient_id`."""
     return db.execute(
-        "SELECT count(*) FROM resource r WHERE NOT r.deleted AND r.resource_type NOT IN ('Provenance', 'Patient') "
+        "SELECT count(*) FROM resource r WHERE NOT r.deleted "
+        "AND r.resource_type NOT IN ('Provenance', 'AuditEvent', 'Patient') "
         "AND r.id NOT IN (SELECT task FROM patient_merge_job) AND r.id IN (SELECT resource_id FROM search_reference "
         "WHERE target_type = 'Patient' AND target_id = %s)", (patient_id,)).fetchone()[0]
 
