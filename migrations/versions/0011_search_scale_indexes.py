@@ -1,13 +1,13 @@
 """Search at scale: date ranges found by overlap (GiST), string sort keys read in order, covering indexes.
 
 Revision ID: 0011
-Revises: 0014
+Revises: 0010
 """
 
 from alembic import op
 
 revision = "0011"
-down_revision = "0014"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

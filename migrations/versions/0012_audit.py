@@ -1,13 +1,13 @@
 """Audit records waiting to become AuditEvent resources.
 
-Revision ID: 0009
-Revises: 0014
+Revision ID: 0012
+Revises: 0011
 """
 
 from alembic import op
 
-revision = "0009"
-down_revision = "0014"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -1,13 +1,13 @@
 """A background Patient/$merge that fails is undone: the failure and the versions its undo wrote.
 
-Revision ID: 0014
-Revises: 0012
+Revision ID: 0010
+Revises: 0009
 """
 
 from alembic import op
 
-revision = "0014"
-down_revision = "0012"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

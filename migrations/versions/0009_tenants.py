@@ -1,12 +1,12 @@
 """The tenant registry (FHIR_TENANCY=url): tenant name -> the schema that holds its tables.
 
-Revision ID: 0012
+Revision ID: 0009
 Revises: 0008
 """
 
 from alembic import op
 
-revision = "0012"
+revision = "0009"
 down_revision = "0008"
 branch_labels = None
 depends_on = None
