@@ -60,7 +60,7 @@ async def _authorized(conn: AsyncConnection, req: FHIRRequest, handler: Handler,
         # One rule for every request under patient/ scopes: resources labelled for staff only do not exist.
         filters += (("_security:not", "|".join(HIDDEN_FROM_PATIENTS)),)
     req.restriction = Restriction(Compartment("Patient", patient) if patient else None, principal.readable_types(),
-                                  HIDDEN_FROM_PATIENTS if patient else None)
+                                  HIDDEN_FROM_PATIENTS if patient else None, filters)
     if kind == "search":
         req.query = req.query + list(filters)
         return await handler(conn, req)
@@ -69,9 +69,6 @@ async def _authorized(conn: AsyncConnection, req: FHIRRequest, handler: Handler,
         raise not_found(req.resource_type, req.id)
     if patient is None:
         return await handler(conn, req)
-    if kind == "history":
-        raise FHIRError.of(403, "forbidden", "Type and system history under patient/ scopes is not supported; "
-                                             "read the history of each resource instead")
     if req.id is not None and kind in INSTANCE_CHECKED \
             and not await in_patient_compartment(conn, req.resource_type, req.id, patient):
         exists = await conn.execute("SELECT 1 FROM resource WHERE resource_type = %s AND fhir_id = %s",

@@ -5,8 +5,9 @@ object store (hashing it on the way, within FHIR_DOCUMENT_MAX_BYTES) and store a
 `X-Security-Context` sets Binary.securityContext. `GET [base]/Binary/[id]` answers the bytes unless FHIR
 JSON is asked for, then the Binary with `data` filled in from the store. Reading is authorized by the
 Binary's securityContext: the caller needs read access to that resource (the same dispatch check as reading
-it), and a Binary without one is not in any patient's compartment. FHIR JSON writes go the usual way;
-`documents.hooks` moves their `data` to the store.
+it), and a Binary without one is not in any patient's compartment. Under patient/ scopes an upload is
+allowed when its securityContext is in the token patient's compartment. FHIR JSON writes go the usual
+way; `documents.hooks` moves their `data` to the store.
 """
 
 import asyncio
@@ -20,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhir_server.audit.interceptor import audited
-from fhir_server.auth.enforce import not_found
+from fhir_server.auth.enforce import in_patient_compartment, not_found
 from fhir_server.dispatch import dispatch
 from fhir_server.documents import content as received
 from fhir_server.documents import hooks, objects
@@ -133,9 +134,23 @@ async def _read(pool: AsyncConnectionPool, request: Request, req: FHIRRequest, s
                                                  size=stored.size if stored else None), store)
 
 
+async def _require_patient_context(pool: AsyncConnectionPool, context: str | None, patient: str) -> None:
+    """Under patient/ scopes an upload is the patient's only through its securityContext (dispatch checks the
+    stored Binary again; this spares streaming bytes that would be refused)."""
+    context_type, _, context_id = (context or "").strip().partition("/")
+    if context_id:
+        async with pool.connection() as conn:
+            if await in_patient_compartment(conn, context_type, context_id, patient):
+                return
+    raise FHIRError.of(403, "forbidden", "Under patient/ scopes a Binary needs an X-Security-Context header naming "
+                                         f"a resource in the compartment of Patient/{patient}")
+
+
 async def _write(pool: AsyncConnectionPool, request: Request, req: FHIRRequest, settings: Settings) -> Outcome:
     if req.principal is not None:  # refuse before reading megabytes that could not be stored
-        req.principal.restriction("Binary", "c" if req.method == "POST" else "u")
+        patient = req.principal.restriction("Binary", "c" if req.method == "POST" else "u")
+        if patient is not None:
+            await _require_patient_context(pool, request.headers.get("x-security-context"), patient)
     content_type = (request.headers.get("content-type") or "").strip()
     media = require_allowed(content_type, settings.document_mime_types)
     limit = settings.document_max_bytes

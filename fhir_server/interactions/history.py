@@ -9,6 +9,8 @@ from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError
 from fhir_server.request import FHIRRequest, Outcome
+from fhir_server.search.compartment import compartment_condition
+from fhir_server.search.query import parse_query
 from fhir_server.settings import get_settings
 from fhir_server.storage import repository
 from fhir_server.storage.repository import instant
@@ -70,13 +72,28 @@ def _entry(base_url: str, item: repository.HistoryEntry) -> dict:
     return entry
 
 
+def _visible(req: FHIRRequest) -> tuple[str, list] | None:
+    """Under a token confined to a compartment or to v2 scope filters: the resources whose history it may
+    read, those it could read now (the same rule as search and read, so paging counts only what it sees)."""
+    restriction = req.restriction
+    if restriction is None or (restriction.compartment is None and not restriction.filters):
+        return None
+    condition = parse_query(req.resource_type, list(restriction.filters), strict=True, base_url=req.base_url
+                            ).condition
+    if restriction.compartment is not None:
+        sql, args = compartment_condition(restriction.compartment.type, restriction.compartment.id,
+                                          req.resource_type, with_itself=True)
+        condition.add(sql, *args)
+    return condition.where(), condition.args
+
+
 async def history(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     if req.id is not None and await repository.read(conn, req.resource_type, req.id) is None:
         raise FHIRError.of(404, "not-found", f"{req.resource_type}/{req.id} is not known")
     count = _count(req)
     items = await repository.history(
         conn, resource_type=req.resource_type, fhir_id=req.id, since=_instant_param(req, "_since"),
-        at=_instant_param(req, "_at"), count=count + 1, before=_cursor(req),
+        at=_instant_param(req, "_at"), count=count + 1, before=_cursor(req), visible=_visible(req),
         types=req.restriction.readable_types if req.restriction is not None and req.resource_type is None else None,
     ) if count else []
     more = len(items) > count

@@ -11,6 +11,7 @@ from fhir_server.paths import RESOURCES_DIR
 COMPARTMENT_DEFINITIONS_FILE = RESOURCES_DIR / "compartment-definitions.json"
 # A CompartmentDefinition's param for "the compartment resource itself" (Encounter in the Encounter compartment).
 ITSELF = "{def}"
+BINARY = "Binary"
 
 
 @lru_cache(maxsize=1)
@@ -39,13 +40,31 @@ def compartment_condition(compartment_type: str, compartment_id: str, resource_t
                           with_itself: bool = False) -> tuple[str, list[Any]]:
     """SQL over `r` for "r is in the compartment `compartment_type/compartment_id`", and its arguments.
 
-    `with_itself` counts the compartment's own resource in (authorization: a patient/ token reads its
-    Patient, which R4 lists in the Patient compartment only by `link`).
+    `with_itself` gives the compartment as authorization sees it: the compartment's own resource counts in
+    (a patient/ token reads its Patient, which R4 lists in the Patient compartment only by `link`), and so
+    does a Binary whose securityContext is in it (R4 puts Binary in no compartment; its securityContext
+    says whose it is).
 
     One probe of the reference table's (target_type, target_id) index, filtered to the
     (resource type, parameter) pairs the definition lists.
     """
-    members = member_parameters(compartment_type, resource_type)
+    binaries = with_itself and resource_type in (None, BINARY)
+    members = member_parameters(compartment_type, None if resource_type == BINARY and binaries else resource_type)
+    if resource_type == BINARY:
+        sql, args = _binaries(members, compartment_type, compartment_id)
+    else:
+        sql, args = _members("r", members, compartment_type, compartment_id, with_itself)
+        if binaries:
+            binary_sql, binary_args = _binaries(members, compartment_type, compartment_id)
+            sql, args = f"({sql} OR {binary_sql})", args + binary_args
+    if resource_type is None:
+        sql += " AND r.resource_type = ANY(%s)"
+        args.append(sorted([*members, BINARY] if binaries else members))
+    return sql, args
+
+
+def _members(alias: str, members: dict[str, tuple[str, ...]], compartment_type: str, compartment_id: str,
+             with_itself: bool) -> tuple[str, list[Any]]:
     types, params = [], []
     itself = False
     for member, member_params in members.items():
@@ -56,15 +75,21 @@ def compartment_condition(compartment_type: str, compartment_id: str, resource_t
             else:
                 types.append(member)
                 params.append(param)
-    sql = ("r.id IN (SELECT c.resource_id FROM search_reference c "
+    sql = (f"{alias}.id IN (SELECT c.resource_id FROM search_reference c "
            "JOIN unnest(%s::text[], %s::text[]) AS m(resource_type, param) "
            "ON c.resource_type = m.resource_type AND c.param = m.param "
            "WHERE c.target_type = %s AND c.target_id = %s AND c.target_url IS NULL)")
     args: list[Any] = [types, params, compartment_type, compartment_id]
     if itself:
-        sql = f"({sql} OR (r.resource_type = %s AND r.fhir_id = %s))"
+        sql = f"({sql} OR ({alias}.resource_type = %s AND {alias}.fhir_id = %s))"
         args += [compartment_type, compartment_id]
-    if resource_type is None:
-        sql += " AND r.resource_type = ANY(%s)"
-        args.append(sorted(members))
     return sql, args
+
+
+def _binaries(members: dict[str, tuple[str, ...]], compartment_type: str, compartment_id: str
+              ) -> tuple[str, list[Any]]:
+    """Binaries whose securityContext (a Binary's only reference) is a live resource in the compartment."""
+    target_sql, args = _members("t", members, compartment_type, compartment_id, with_itself=True)
+    return ("r.id IN (SELECT b.resource_id FROM search_reference b JOIN resource t "
+            "ON t.resource_type = b.target_type AND t.fhir_id = b.target_id "
+            f"WHERE b.resource_type = 'Binary' AND b.target_url IS NULL AND NOT t.deleted AND {target_sql})"), args

@@ -84,6 +84,8 @@ class Restriction:
     readable_types: frozenset[str] | None = None
     hidden_label: tuple[str, str] | None = None
     """A security label (system, code) whose resources the caller never sees (auth.enforce.HIDDEN_FROM_PATIENTS)."""
+    filters: tuple[tuple[str, str], ...] = ()
+    """Search parameters every resource the caller sees matches (v2 scope queries, the hidden label)."""
 
 
 async def search(conn: psycopg.AsyncConnection, *, base_url: str, resource_type: str | None,

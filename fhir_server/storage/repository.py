@@ -325,17 +325,21 @@ class HistoryEntry:
 
 async def history(conn: AsyncConnection, *, resource_type: str | None, fhir_id: str | None,
                   since: datetime | None, at: datetime | None, count: int,
-                  before: tuple[datetime, int, int] | None, types: frozenset[str] | None = None
-                  ) -> list[HistoryEntry]:
+                  before: tuple[datetime, int, int] | None, types: frozenset[str] | None = None,
+                  visible: tuple[str, list[Any]] | None = None) -> list[HistoryEntry]:
     """Versions newest first, keyset-paged on (last_updated, resource_id, version_id) below `before`.
 
     `at` keeps, per resource, the version current at that moment; `types` (None = all) limits system history to
-    what the caller may read.
+    what the caller may read; `visible` (SQL over the current resource `r`, and its arguments) keeps the
+    versions of the resources it matches.
     """
     conditions, args = [], []
     if types is not None:
         conditions.append("v.resource_type = ANY(%s)")
         args.append(sorted(types))
+    if visible is not None:
+        conditions.append(f"v.resource_id IN (SELECT r.id FROM resource r WHERE {visible[0]})")
+        args += visible[1]
     if resource_type is not None:
         conditions.append("v.resource_type = %s")
         args.append(resource_type)

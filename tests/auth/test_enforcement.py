@@ -145,6 +145,9 @@ async def test_patient_scopes_confine_to_the_compartment(smart: httpx.AsyncClien
     others = await smart.post("/Communication", headers=mine, json={
         "resourceType": "Communication", "status": "completed", "subject": {"reference": f"Patient/{ids['b']}"}})
     assert others.status_code == 403
+    refused = await smart.get("/Communication", params={"subject": f"Patient/{ids['b']}"},
+                              headers=bearer(await system_token(aconn, smart, "system/Communication.rs")))
+    assert len(refused.json()["entry"]) == 1  # the refused create left nothing behind
     own = await smart.post("/Communication", headers=mine, json={
         "resourceType": "Communication", "status": "completed", "subject": {"reference": f"Patient/{ids['a']}"}})
     assert own.status_code == 201
