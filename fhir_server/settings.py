@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     """Seconds an `online_access` refresh token chain lasts from the login (rotation does not extend it)."""
     auth_offline_refresh_lifetime: int = 90 * 24 * 3600
     """Seconds an `offline_access` refresh token lasts; each rotation starts a new period."""
+    cors_origins: Annotated[list[str], NoDecode] = []
+    """Origins of browser apps allowed to call the FHIR API and the token endpoint (comma-separated or a JSON
+    list; `*` = any); unset means no CORS headers."""
+    auth_max_failed_attempts: int = 5
+    """Failed sign-ins (login page) or client authentications (token, introspection, revocation, launch)
+    allowed per user name or client id and IP address within `auth_failure_window`; further attempts get
+    429 with Retry-After until the oldest of them leaves the window. 0 turns the limit off."""
+    auth_failure_window: int = 900
+    """Seconds a failed sign-in or client authentication counts against `auth_max_failed_attempts`."""
     mrn_system: str = "urn:fhir-server:mrn"
     """Identifier.system of the medical record numbers the server assigns to Patients created without one."""
     mrn_format: str = "MRN-{year}{number:06d}"
@@ -161,7 +170,7 @@ class Settings(BaseSettings):
     """How often a server process moves its journal into the database, and the background job turns audit
     records into AuditEvent resources."""
 
-    @field_validator("document_mime_types", mode="before")
+    @field_validator("document_mime_types", "cors_origins", mode="before")
     @classmethod
     def _split_mime_types(cls, value: object) -> object:
         if isinstance(value, str):

@@ -22,7 +22,7 @@ TABLES = ("resource_version", "resource", "search_string", "search_token", "sear
           "search_quantity", "search_uri", "search_reference", "search_text", "search_concept",
           "auth_assertion_jti", "auth_revoked_token", "auth_refresh_token", "auth_code", "auth_launch", "auth_client",
           "auth_user", "auth_signing_key", "outbox", "embedding_chunk", "embedding_consent",
-          "audit_log")
+          "audit_log", "auth_failure")
 # Servers started for other tests leave the outbox alone; tests of background work start their own workers
 # with the settings they need (`background_app`, `worker_process` below).
 os.environ.setdefault("FHIR_BACKGROUND", "off")

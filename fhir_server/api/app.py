@@ -15,7 +15,9 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
+from fhir_server.api.cors import with_cors
 from fhir_server.audit.interceptor import AuditContext
 from fhir_server.audit.journal import Journal
 from fhir_server.auth.enforce import Principal
@@ -323,5 +325,6 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> Respon
     return Response(body, error.status_code, media_type=JSON_CONTENT_TYPE)
 
 
-def create_app() -> FHIRApplication:
-    return FHIRApplication(get_settings())
+def create_app() -> ASGIApp:
+    settings = get_settings()
+    return with_cors(FHIRApplication(settings), settings)

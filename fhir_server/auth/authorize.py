@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from psycopg import AsyncConnection
 
+from fhir_server.auth import throttle
 from fhir_server.auth.endpoints import AuthHost, Endpoints, endpoints
 from fhir_server.auth.grants import GrantedAccess, create_code, grantable, is_system_scope, launch_context
 from fhir_server.auth.keys import FORM_TOKEN_LIFETIME, sign, signing_key
@@ -158,12 +159,25 @@ async def login(request: Request, app: AuthHost) -> Response:
         client = await get_client(conn, pending.client_id)
         if client is None:
             return error_page("The client is no longer registered.")
-        user = await authenticate_user(conn, username, str(form.get("password", "")))
+        try:
+            async with throttle.attempt(conn, throttle.attempt_key("login", username, request), app.settings) \
+                    as attempt:
+                user = await authenticate_user(conn, username, str(form.get("password", "")))
+                attempt.failed = user is None
+        except throttle.TooManyFailures as refused:
+            return login_page(urls.at("authorize/login"), str(form["form_token"]), client.name,
+                              f"Too many failed sign-ins. Try again in {_duration(refused.retry_after)}.",
+                              username, refused.retry_after)
         if user is None:
             return login_page(urls.at("authorize/login"), str(form["form_token"]), client.name,
                               "Wrong user name or password.", username)
         form_token = await _form_token(conn, app, urls, "consent", csrf, pending, user.username)
         return await _consent(conn, urls, form_token, client, user, pending, "")
+
+
+def _duration(seconds: int) -> str:
+    minutes = -(-seconds // 60)
+    return f"{seconds} seconds" if seconds < 120 else f"{minutes} minutes"
 
 
 async def _consent(conn: AsyncConnection, urls: Endpoints, form_token: str, client: Client, user: User,

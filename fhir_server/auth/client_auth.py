@@ -58,15 +58,33 @@ async def authenticate_client(conn: AsyncConnection, form: dict[str, str], autho
     return client
 
 
-async def _basic(conn: AsyncConnection, credentials: str) -> Client:
+def claimed_client_id(form: dict[str, str], authorization: str | None) -> str:
+    """The client id a request claims (Basic user name, assertion issuer or `client_id`), unchecked: what
+    failed authentications are counted under."""
+    try:
+        if authorization and authorization[:6].lower() == "basic ":
+            return _basic_credentials(authorization[6:])[0]
+        if "client_assertion" in form:
+            issuer = _unverified_claims(form["client_assertion"]).get("iss")
+            return issuer if isinstance(issuer, str) else ""
+    except (OAuthError, JoseError, ValueError, UnicodeError):
+        return ""
+    return form.get("client_id", "")
+
+
+def _basic_credentials(credentials: str) -> tuple[str, str]:
     try:
         client_id, _, secret = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         raise invalid_client("malformed Basic credentials") from None
     # RFC 6749 §2.3.1: both parts are form-urlencoded before being joined.
-    client = await get_client(conn, unquote(client_id.replace("+", " ")))
-    if client is None or client.client_type != "confidential-symmetric" \
-            or not client_secret_matches(client, unquote(secret.replace("+", " "))):
+    return unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))
+
+
+async def _basic(conn: AsyncConnection, credentials: str) -> Client:
+    client_id, secret = _basic_credentials(credentials)
+    client = await get_client(conn, client_id)
+    if client is None or client.client_type != "confidential-symmetric" or not client_secret_matches(client, secret):
         raise invalid_client("client authentication failed")
     return client
 

@@ -8,6 +8,8 @@ class OAuthError(Exception):
     error: str
     description: str
     status: int = 400
+    retry_after: int | None = None
+    """Seconds, for a 429."""
 
     def __str__(self) -> str:
         return f"{self.error}: {self.description}"

@@ -63,8 +63,9 @@ def _error_line(error: str | None) -> str:
 
 
 def login_page(action: str, form_token: str, client_name: str, error: str | None = None,
-               username: str = "") -> HTMLResponse:
-    return _page("Sign in", f"""
+               username: str = "", retry_after: int | None = None) -> HTMLResponse:
+    """`retry_after`: sign-ins are throttled for that many seconds (429)."""
+    page = _page("Sign in", f"""
 <h1>Sign in</h1>
 <p><strong>{escape(client_name)}</strong> asks to use this FHIR server on your behalf.</p>
 {_error_line(error)}
@@ -74,7 +75,10 @@ def login_page(action: str, form_token: str, client_name: str, error: str | None
 <input type="text" name="username" value="{escape(username)}" autocomplete="username" required autofocus></label>
 <label>Password <input type="password" name="password" autocomplete="current-password" required></label>
 <button type="submit">Sign in</button>
-</form>""", 401 if error else 200)
+</form>""", 429 if retry_after else 401 if error else 200)
+    if retry_after:
+        page.headers["Retry-After"] = str(retry_after)
+    return page
 
 
 def consent_page(action: str, form_token: str, client_name: str, username: str, scopes: tuple[str, ...],

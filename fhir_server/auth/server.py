@@ -13,7 +13,9 @@ from fastapi.responses import Response
 from psycopg import AsyncConnection
 
 from fhir_server.auth import authorize as authorize_pages
-from fhir_server.auth.client_auth import ASSERTION_ALGORITHMS, authenticate_client, require_confidential
+from fhir_server.auth import throttle
+from fhir_server.auth.client_auth import (ASSERTION_ALGORITHMS, authenticate_client, claimed_client_id,
+                                          require_confidential)
 from fhir_server.auth.endpoints import AUTH_PREFIX, AuthHost, Endpoints, endpoints
 from fhir_server.auth.errors import OAuthError
 from fhir_server.auth.grants import (GrantedAccess, RefreshLifetimes, create_launch, create_refresh_token,
@@ -49,6 +51,8 @@ def _oauth_error(error: OAuthError, request: Request) -> Response:
     headers = dict(NO_STORE)
     if error.status == 401 and request.headers.get("authorization", "")[:6].lower() == "basic ":
         headers["WWW-Authenticate"] = 'Basic realm="fhir-server"'
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
     return _json({"error": error.error, "error_description": error.description}, error.status, headers)
 
 
@@ -143,9 +147,21 @@ def auth_router(app: AuthHost) -> APIRouter:
         return register
 
     async def client_of(request: Request, form: Form, conn: AsyncConnection, urls: Endpoints, endpoint: str) -> Client:
-        """The authenticated client; an assertion may be addressed to this endpoint or the token endpoint."""
-        return await authenticate_client(conn, form, request.headers.get("authorization"),
-                                         (urls.at("token"), urls.at(endpoint)))
+        """The authenticated client; an assertion may be addressed to this endpoint or the token endpoint.
+        Failed authentications are throttled per claimed client id and address."""
+        authorization = request.headers.get("authorization")
+        key = throttle.attempt_key("client", claimed_client_id(form, authorization), request)
+        try:
+            async with throttle.attempt(conn, key, settings) as attempt:
+                try:
+                    return await authenticate_client(conn, form, authorization, (urls.at("token"), urls.at(endpoint)))
+                except OAuthError as error:
+                    attempt.failed = error.error == "invalid_client"
+                    raise
+        except throttle.TooManyFailures as refused:
+            raise OAuthError("temporarily_unavailable", "Too many failed client authentications; retry after "
+                                                        f"{refused.retry_after} seconds", 429,
+                             refused.retry_after) from None
 
     @oauth_endpoint("token")
     async def token_route(request: Request, form: Form, conn: AsyncConnection, urls: Endpoints) -> Response:

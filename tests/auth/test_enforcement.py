@@ -154,7 +154,7 @@ async def test_patient_scopes_confine_to_the_compartment(smart: httpx.AsyncClien
     assert (await smart.get(f"/Patient/{ids['b']}/Communication", headers=mine)).json().get("entry") is None
 
 
-async def test_v2_scope_filters_limit_search_and_read(smart: httpx.AsyncClient, aconn: psycopg.AsyncConnection) -> None:
+async def test_v2_scope_filters_limit_search_read_and_history(smart: httpx.AsyncClient, aconn: psycopg.AsyncConnection) -> None:
     writer = bearer(await system_token(aconn, smart, "system/*.cruds"))
     category = "http://terminology.hl7.org/CodeSystem/observation-category"
     ids = {}
@@ -167,3 +167,6 @@ async def test_v2_scope_filters_limit_search_and_read(smart: httpx.AsyncClient, 
     assert [e["resource"]["id"] for e in found["entry"]] == [ids["laboratory"]]
     assert (await smart.get(f"/Observation/{ids['laboratory']}", headers=labs)).status_code == 200
     assert (await smart.get(f"/Observation/{ids['vital-signs']}", headers=labs)).status_code == 404
+    history = (await smart.get("/Observation/_history", headers=labs)).json()
+    assert [e["resource"]["id"] for e in history["entry"]] == [ids["laboratory"]]
+    assert (await smart.get(f"/Observation/{ids['vital-signs']}/_history", headers=labs)).status_code == 404

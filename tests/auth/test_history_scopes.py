@@ -65,16 +65,3 @@ async def test_type_and_system_history_under_patient_scopes(smart: httpx.AsyncCl
     assert await _pages(smart, "/Task/_history", mine) == []
     assert len(await _pages(smart, "/Task/_history", admin)) == 3
 
-
-async def test_history_keeps_v2_scope_filters(smart: httpx.AsyncClient, aconn: psycopg.AsyncConnection) -> None:
-    writer = bearer(await system_token(aconn, smart, "system/*.cruds"))
-    category = "http://terminology.hl7.org/CodeSystem/observation-category"
-    ids = {}
-    for code in ("laboratory", "vital-signs"):
-        ids[code] = (await smart.post("/Observation", headers=writer, json={
-            "resourceType": "Observation", "status": "final", "code": {"text": code},
-            "category": [{"coding": [{"system": category, "code": code}]}]})).json()["id"]
-    labs = bearer(await system_token(aconn, smart, f"system/Observation.rs?category={category}|laboratory"))
-    entries = await _pages(smart, "/Observation/_history", labs)
-    assert _versions(entries) == [f"Observation/{ids['laboratory']}/_history/1"]
-    assert (await smart.get(f"/Observation/{ids['vital-signs']}/_history", headers=labs)).status_code == 404
