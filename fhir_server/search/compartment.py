@@ -45,51 +45,54 @@ def compartment_condition(compartment_type: str, compartment_id: str, resource_t
     does a Binary whose securityContext is in it (R4 puts Binary in no compartment; its securityContext
     says whose it is).
 
-    One probe of the reference table's (target_type, target_id) index, filtered to the
-    (resource type, parameter) pairs the definition lists.
+    One probe of the reference table's (target_type, target_id) index, filtered to the (resource type,
+    parameter) pairs the definition lists. The parts are one `r.id IN (... UNION ALL ...)`, never ORed
+    conditions, so that a search across all types starts from the compartment rather than scanning.
     """
     binaries = with_itself and resource_type in (None, BINARY)
     members = member_parameters(compartment_type, None if resource_type == BINARY and binaries else resource_type)
-    if resource_type == BINARY:
-        sql, args = _binaries(members, compartment_type, compartment_id)
-    else:
-        sql, args = _members("r", members, compartment_type, compartment_id, with_itself)
-        if binaries:
-            binary_sql, binary_args = _binaries(members, compartment_type, compartment_id)
-            sql, args = f"({sql} OR {binary_sql})", args + binary_args
+    types, params, itself = _member_pairs(members, compartment_type)
+    parts, args = [], []
+    if resource_type != BINARY:
+        parts.append(f"SELECT c.resource_id FROM {_MEMBER_REFERENCES} WHERE {_TARGET}")
+        args += [types, params, compartment_type, compartment_id]
+        if itself or (with_itself and compartment_type in members):
+            parts.append("SELECT i.id FROM resource i WHERE i.resource_type = %s AND i.fhir_id = %s")
+            args += [compartment_type, compartment_id]
+    if binaries:
+        # A Binary's only reference is its securityContext; found from the compartment's side (its resource and
+        # members, then the references to them), so the cost follows the compartment, not the number of Binaries.
+        parts.append("SELECT b.resource_id FROM search_reference b JOIN ("
+                     "SELECT %s::text AS resource_type, %s::text AS fhir_id UNION ALL "
+                     f"SELECT t.resource_type, t.fhir_id FROM {_MEMBER_REFERENCES} "
+                     f"JOIN resource t ON t.id = c.resource_id WHERE {_TARGET}) AS owner "
+                     "ON b.target_type = owner.resource_type AND b.target_id = owner.fhir_id "
+                     "WHERE b.resource_type = 'Binary' AND b.target_url IS NULL")
+        args += [compartment_type, compartment_id, types, params, compartment_type, compartment_id]
+    sql = f"r.id IN ({' UNION ALL '.join(parts)})"
     if resource_type is None:
         sql += " AND r.resource_type = ANY(%s)"
         args.append(sorted([*members, BINARY] if binaries else members))
     return sql, args
 
 
-def _members(alias: str, members: dict[str, tuple[str, ...]], compartment_type: str, compartment_id: str,
-             with_itself: bool) -> tuple[str, list[Any]]:
+# The reference rows (alias c) that put a resource in a compartment: its (type, parameter) pairs as two
+# arrays, then the compartment's type and id.
+_MEMBER_REFERENCES = ("search_reference c JOIN unnest(%s::text[], %s::text[]) AS m(resource_type, param) "
+                      "ON c.resource_type = m.resource_type AND c.param = m.param")
+_TARGET = "c.target_type = %s AND c.target_id = %s AND c.target_url IS NULL"
+
+
+def _member_pairs(members: dict[str, tuple[str, ...]], compartment_type: str) -> tuple[list[str], list[str], bool]:
+    """The (resource type, parameter) pairs, as two lists, and whether the definition lists the compartment's
+    own resource (`{def}`)."""
     types, params = [], []
     itself = False
     for member, member_params in members.items():
-        itself = itself or (with_itself and member == compartment_type)
         for param in member_params:
             if param == ITSELF:
                 itself = itself or member == compartment_type
             else:
                 types.append(member)
                 params.append(param)
-    sql = (f"{alias}.id IN (SELECT c.resource_id FROM search_reference c "
-           "JOIN unnest(%s::text[], %s::text[]) AS m(resource_type, param) "
-           "ON c.resource_type = m.resource_type AND c.param = m.param "
-           "WHERE c.target_type = %s AND c.target_id = %s AND c.target_url IS NULL)")
-    args: list[Any] = [types, params, compartment_type, compartment_id]
-    if itself:
-        sql = f"({sql} OR ({alias}.resource_type = %s AND {alias}.fhir_id = %s))"
-        args += [compartment_type, compartment_id]
-    return sql, args
-
-
-def _binaries(members: dict[str, tuple[str, ...]], compartment_type: str, compartment_id: str
-              ) -> tuple[str, list[Any]]:
-    """Binaries whose securityContext (a Binary's only reference) is a live resource in the compartment."""
-    target_sql, args = _members("t", members, compartment_type, compartment_id, with_itself=True)
-    return ("r.id IN (SELECT b.resource_id FROM search_reference b JOIN resource t "
-            "ON t.resource_type = b.target_type AND t.fhir_id = b.target_id "
-            f"WHERE b.resource_type = 'Binary' AND b.target_url IS NULL AND NOT t.deleted AND {target_sql})"), args
+    return types, params, itself
