@@ -154,7 +154,8 @@ async def test_patient_scopes_confine_to_the_compartment(smart: httpx.AsyncClien
     assert (await smart.get(f"/Patient/{ids['b']}/Communication", headers=mine)).json().get("entry") is None
 
 
-async def test_v2_scope_filters_limit_search_read_and_history(smart: httpx.AsyncClient, aconn: psycopg.AsyncConnection) -> None:
+async def test_v2_scope_filters_limit_search_read_and_history(smart: httpx.AsyncClient,
+                                                              aconn: psycopg.AsyncConnection) -> None:
     writer = bearer(await system_token(aconn, smart, "system/*.cruds"))
     category = "http://terminology.hl7.org/CodeSystem/observation-category"
     ids = {}

@@ -73,11 +73,13 @@ async def test_standalone_launch_with_fhirclient_in_chromium(smart_server: str, 
     server_origin = smart_server.removesuffix("/fhir")
 
     async with async_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where Chromium's sandbox cannot start.
-        browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        # CI runs as root, where Chromium's sandbox cannot start, in containers with a small /dev/shm.
+        browser = await playwright.chromium.launch(executable_path=chromium,
+                                                   args=["--no-sandbox", "--disable-dev-shm-usage"])
         try:
             page = await browser.new_page()
-            await page.goto(f"{app_origin}/launch.html?{urlencode({'iss': smart_server, 'client_id': registered.client_id})}")
+            launch = urlencode({"iss": smart_server, "client_id": registered.client_id})
+            await page.goto(f"{app_origin}/launch.html?{launch}")
             await _sign_in(page, "not-the-password")
             assert await page.is_visible("text=Wrong user name or password.")
             assert page.url.startswith(f"{server_origin}/auth/authorize")
