@@ -1,6 +1,7 @@
-"""Throttled sign-ins and client authentications, over HTTP against the real server (5 failures in 900 s)."""
+"""Throttled sign-ins and client authentications, over HTTP against real servers (5 failures in 900 s)."""
 
 import re
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -8,6 +9,7 @@ import psycopg
 from fhir_server.auth.registry import add_client, add_user
 from fhir_server.settings import Settings
 from tests.auth.conftest import REDIRECT_URI, authorize_url, form_token, pkce
+from tests.conftest import running_server
 
 LIMIT = Settings().auth_max_failed_attempts
 WINDOW = Settings().auth_failure_window
@@ -24,13 +26,15 @@ async def _age_failures(aconn: psycopg.AsyncConnection, seconds: int) -> None:
     await aconn.execute("UPDATE auth_failure SET failed_at = failed_at - make_interval(secs => %s)", (seconds,))
 
 
-async def test_sign_ins_are_throttled_per_user_name_and_address(origin: str, aconn: psycopg.AsyncConnection) -> None:
+async def test_sign_ins_are_throttled_per_user_name_and_address(database_url: str, tmp_path: Path,
+                                                                aconn: psycopg.AsyncConnection) -> None:
     await add_user(aconn, "carol", "right-password")
     await add_user(aconn, "dave", "dave-password")
     client, _ = await add_client(aconn, "App", "public", [REDIRECT_URI], ["patient/*.rs"])
-    with httpx.Client(timeout=30) as browser:
+    with running_server(database_url, tmp_path) as base, httpx.Client(timeout=30) as browser:
+        origin = base.removesuffix("/fhir")
         for _ in range(LIMIT):
-            wrong = _sign_in(browser, origin, client.client_id, "carol", "guess")
+            wrong = _sign_in(browser, origin, client.client_id, "carol", "guess-1234")
             assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
         # Only digests are stored: neither the name tried nor the address.
         stored = [row[0] for row in await (await aconn.execute("SELECT key_hash FROM auth_failure")).fetchall()]
@@ -50,7 +54,8 @@ async def test_sign_ins_are_throttled_per_user_name_and_address(origin: str, aco
         allowed = _sign_in(browser, origin, client.client_id, "carol", "right-password")
         assert allowed.status_code == 200 and "Allow access?" in allowed.text
         assert (await (await aconn.execute("SELECT count(*) FROM auth_failure")).fetchone())[0] == 0
-
+    log = (tmp_path / "server.log").read_text()
+    assert log.startswith("FHIR R4 server on") and "guess-1234" not in log and "right-password" not in log
 
 
 async def test_failed_client_authentications_are_throttled(origin: str, aconn: psycopg.AsyncConnection) -> None:
