@@ -9,8 +9,7 @@ from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError
 from fhir_server.request import FHIRRequest, Outcome
-from fhir_server.search.compartment import compartment_condition
-from fhir_server.search.query import parse_query
+from fhir_server.search.engine import filter_condition
 from fhir_server.settings import get_settings
 from fhir_server.storage import repository
 from fhir_server.storage.repository import instant
@@ -78,12 +77,8 @@ def _visible(req: FHIRRequest) -> tuple[str, list] | None:
     restriction = req.restriction
     if restriction is None or (restriction.compartment is None and not restriction.filters):
         return None
-    condition = parse_query(req.resource_type, list(restriction.filters), strict=True, base_url=req.base_url
-                            ).condition
-    if restriction.compartment is not None:
-        sql, args = compartment_condition(restriction.compartment.type, restriction.compartment.id,
-                                          req.resource_type, with_itself=True)
-        condition.add(sql, *args)
+    condition = filter_condition(req.resource_type, [], list(restriction.filters), True, req.base_url,
+                                 restriction).condition
     return condition.where(), condition.args
 
 
