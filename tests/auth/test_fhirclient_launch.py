@@ -7,6 +7,7 @@ and the app reads its patient with the token it got. `make test` installs Debian
 """
 
 import json
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -50,8 +51,9 @@ def app_origin() -> Iterator[str]:
 @pytest.fixture
 def smart_server(database_url: str, app_origin: str, tmp_path: Path) -> Iterator[str]:
     """A server requiring tokens that lets the app's origin call it (CORS), over the test database."""
-    with running_server(database_url, tmp_path, FHIR_AUTH="smart", FHIR_CORS_ORIGINS=app_origin) as base:
-        yield base
+    env = {**os.environ, "FHIR_DATABASE_URL": database_url, "FHIR_AUTH": "smart", "FHIR_CORS_ORIGINS": app_origin}
+    with running_server(env, tmp_path / "server.log") as origin:
+        yield origin + "/fhir"
 
 
 async def _sign_in(page: Page, password: str) -> None:

@@ -1,5 +1,6 @@
 """Throttled sign-ins and client authentications, over HTTP against real servers (5 failures in 900 s)."""
 
+import os
 import re
 from pathlib import Path
 
@@ -31,8 +32,8 @@ async def test_sign_ins_are_throttled_per_user_name_and_address(database_url: st
     await add_user(aconn, "carol", "right-password")
     await add_user(aconn, "dave", "dave-password")
     client, _ = await add_client(aconn, "App", "public", [REDIRECT_URI], ["patient/*.rs"])
-    with running_server(database_url, tmp_path) as base, httpx.Client(timeout=30) as browser:
-        origin = base.removesuffix("/fhir")
+    env = {**os.environ, "FHIR_DATABASE_URL": database_url}
+    with running_server(env, tmp_path / "server.log") as origin, httpx.Client(timeout=30) as browser:
         for _ in range(LIMIT):
             wrong = _sign_in(browser, origin, client.client_id, "carol", "guess-1234")
             assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
