@@ -89,19 +89,22 @@ def _arrays(members: Members) -> dict[str, list[str]]:
             "excluded_systems": [system for system, _ in excluded], "excluded_codes": [code for _, code in excluded]}
 
 
-# Expansions per process, valid while no ValueSet or CodeSystem changes: `_stamp` is read per search.
+Stamp = tuple[str | None, datetime | None, int]
+
+# Expansions per process, valid while no ValueSet or CodeSystem changes in the schema (tenant) searched:
+# `_stamp` is read per search.
 _cache: dict[str, Members] = {}
-_cache_stamp: tuple[datetime | None, int] | None = None
+_cache_stamp: Stamp | None = None
 
 
-async def _stamp(conn: psycopg.AsyncConnection) -> tuple[datetime | None, int]:
-    cursor = await conn.execute("SELECT max(last_updated), count(*) FROM resource "
+async def _stamp(conn: psycopg.AsyncConnection) -> Stamp:
+    cursor = await conn.execute("SELECT current_schema(), max(last_updated), count(*) FROM resource "
                                 "WHERE resource_type IN ('ValueSet', 'CodeSystem')")
     row = await cursor.fetchone()
-    return (row[0], int(row[1])) if row else (None, 0)
+    return (row[0], row[1], int(row[2])) if row else (None, None, 0)
 
 
-async def _cached(conn: psycopg.AsyncConnection, stamp: tuple[datetime | None, int], part: Part) -> Members:
+async def _cached(conn: psycopg.AsyncConnection, stamp: Stamp, part: Part) -> Members:
     global _cache_stamp
     if stamp != _cache_stamp or len(_cache) > _MAX_CACHED:
         _cache.clear()
