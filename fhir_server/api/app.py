@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
+from fhir_server import json_numbers
 from fhir_server.api.cors import with_cors
 from fhir_server.audit.interceptor import AuditContext
 from fhir_server.audit.journal import Journal
@@ -101,7 +102,8 @@ def _parse_body(req: FHIRRequest, content_type: str, raw: bytes) -> Any:
         raise FHIRError.of(415, "not-supported", f"Content-Type {media} is not supported here; send "
                                                  + " or ".join(sorted(allowed - {"json", "application/json+fhir"})))
     try:
-        return orjson.loads(raw)
+        # Resources keep their decimals as written; operations read their parameters as plain floats.
+        return json_numbers.loads(raw) if req.operation is None else orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise FHIRError.of(400, "structure", f"The body is not valid JSON: {error}") from None
 
@@ -123,7 +125,7 @@ def _render(req: FHIRRequest | None, outcome: Outcome, request: Request, write: 
     if outcome.status in (204, 304) or request.method == "HEAD":
         body = None
     elif body is not None and request.query_params.get("_pretty") == "true":
-        body = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
+        body = json_numbers.dumps(json_numbers.loads(body), option=orjson.OPT_INDENT_2)
     media = JSON_CONTENT_TYPE
     requested = request.query_params.get("_format") or request.headers.get("accept") or ""
     if "fhir" not in requested and ("application/json" in requested or requested == "json"):

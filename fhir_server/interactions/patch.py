@@ -5,7 +5,7 @@ from typing import Any
 import jsonpatch
 from psycopg import AsyncConnection
 
-from fhir_server import identity, workflow
+from fhir_server import identity, json_numbers, workflow
 from fhir_server.errors import FHIRError
 from fhir_server.interactions.common import matches_locked, require_resource
 from fhir_server.request import FHIRRequest, Outcome, parse_version_tag, resource_outcome
@@ -40,7 +40,7 @@ async def patch(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     if if_match is not None and if_match != current.version_id:
         raise FHIRError.of(412, "conflict", f"If-Match version {if_match} does not match the current version "
                                             f"{current.version_id} of {req.resource_type}/{fhir_id}")
-    patched = _apply(current.json(), req.body)
+    patched = _apply(json_numbers.loads(current.content or b"{}"), req.body)
     if patched.get("resourceType") != req.resource_type or patched.get("id") != fhir_id:
         raise FHIRError.of(422, "processing", "A patch may not change the resourceType or id")
     resource = require_resource(patched, req.resource_type)

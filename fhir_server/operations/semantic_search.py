@@ -19,7 +19,7 @@ from fhir_server.errors import FHIRError
 from fhir_server.operations import parameters as params
 from fhir_server.operations.definitions import canonical
 from fhir_server.request import FHIRRequest, Outcome
-from fhir_server.search import bundle
+from fhir_server.search import bundle, value_sets
 from fhir_server.search.engine import filter_condition, parse_types
 from fhir_server.settings import get_settings
 
@@ -84,6 +84,7 @@ async def semantic_search(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
                               req.restriction)
     if types:
         parsed.condition.add("r.resource_type = ANY(%s)", types)
+    await value_sets.resolve(conn, parsed.condition.args)
     embedder = provider(settings)
     if embedder is None:
         raise FHIRError.of(400, "not-supported", "Semantic search is off on this server (FHIR_EMBEDDINGS=off)")

@@ -13,7 +13,7 @@ import psycopg
 
 from fhir_server.errors import FHIRError, Issue, operation_outcome
 from fhir_server.resource_types import resource_types
-from fhir_server.search import bundle, page
+from fhir_server.search import bundle, page, value_sets
 from fhir_server.search.compartment import compartment_condition
 from fhir_server.search.include import INCLUDE, MAX_ROUNDS, REVINCLUDE, Include, included, parse_include
 from fhir_server.search.parameters import parameters_for
@@ -102,6 +102,7 @@ async def search(conn: psycopg.AsyncConnection, *, base_url: str, resource_type:
     if compartment is not None:
         sql, args = compartment_condition(compartment.type, compartment.id, resource_type)
         condition.add(sql, *args)
+    await value_sets.resolve(conn, condition.args)
     ignored = parsed.unknown + options.ignored
     if compartment is not None:
         search_url = f"{base_url}/{compartment.type}/{compartment.id}/{resource_type or '*'}"
@@ -215,6 +216,7 @@ async def find_matches(conn: psycopg.AsyncConnection, resource_type: str, query:
     an empty query matches every resource of the type.
     """
     condition = parse_query(resource_type, _filters(query), strict=True, base_url=base_url).condition
+    await value_sets.resolve(conn, condition.args)
     cursor = await conn.execute(
         f"SELECT r.id, r.fhir_id, r.version_id FROM resource r WHERE {condition.where()} ORDER BY r.id LIMIT %s",
         [*condition.args, limit])

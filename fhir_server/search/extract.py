@@ -65,7 +65,7 @@ class IndexRows:
     text: list[TextRow] = field(default_factory=list)
     """`_text` (the narrative) and `_content` (every string value), normalised like strings."""
     concept: list[ConceptRow] = field(default_factory=list)
-    """Concepts of a CodeSystem or members of a ValueSet (see migration 0002)."""
+    """Concepts of a CodeSystem with their ancestors (see migration 0002)."""
 
 
 def extract_index(resource: dict[str, Any], base_url: str | None = None) -> IndexRows:
@@ -349,43 +349,21 @@ def _plain(text: str) -> str:
 
 
 def _concepts(rows: dict, resource: dict[str, Any]) -> None:
-    resource_type = resource.get("resourceType")
+    """A CodeSystem's concepts with their ancestors, for `:below` / `:above` (value sets are expanded when
+    searched: search/value_sets.py)."""
     url = resource.get("url")
-    if not isinstance(url, str) or resource.get("status") == "retired":
+    if resource.get("resourceType") != "CodeSystem" or not isinstance(url, str) or resource.get("status") == "retired":
         return
     found = rows["concept"]
-    if resource_type == "CodeSystem":
-        stack: list[tuple[Any, tuple[str, ...]]] = [(concept, ()) for concept in resource.get("concept") or []]
-        while stack:
-            concept, ancestors = stack.pop()
-            code = concept.get("code") if isinstance(concept, dict) else None
-            if not isinstance(code, str):
-                continue
-            for ancestor in (code, *ancestors):
-                found[(url, url, code, ancestor)] = None
-            stack.extend((child, (code, *ancestors)) for child in concept.get("concept") or [])
-    elif resource_type == "ValueSet":
-        contains = list((resource.get("expansion") or {}).get("contains") or [])
-        while contains:
-            item = contains.pop()
-            if isinstance(item, dict):
-                if item.get("code"):
-                    found[(url, item.get("system"), item["code"], None)] = None
-                contains.extend(item.get("contains") or [])
-        for include in (resource.get("compose") or {}).get("include") or []:
-            system = include.get("system")
-            if not isinstance(system, str):
-                continue  # includes of other value sets are not expanded
-            concepts = include.get("concept") or []
-            for concept in concepts:
-                if isinstance(concept, dict) and concept.get("code"):
-                    found[(url, system, concept["code"], None)] = None
-            filters = include.get("filter") or []
-            for item in filters:
-                if item.get("property") == "concept" and item.get("op") == "is-a" and item.get("value"):
-                    found[(url, system, None, item["value"])] = None
-            if not concepts and not filters:
-                found[(url, system, None, None)] = None
+    stack: list[tuple[Any, tuple[str, ...]]] = [(concept, ()) for concept in resource.get("concept") or []]
+    while stack:
+        concept, ancestors = stack.pop()
+        code = concept.get("code") if isinstance(concept, dict) else None
+        if not isinstance(code, str):
+            continue
+        for ancestor in (code, *ancestors):
+            found[(url, url, code, ancestor)] = None
+        stack.extend((child, (code, *ancestors)) for child in concept.get("concept") or [])
 
 
 _ADD = {"string": _strings, "token": _tokens, "date": _dates, "number": _numbers, "quantity": _quantities,

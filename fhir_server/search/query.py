@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from fhir_server.errors import FHIRError
-from fhir_server.search import terminology
+from fhir_server.search import value_sets
 from fhir_server.search.parameters import SearchParameter, one_date_row, parameters_for, search_parameters
 from fhir_server.search.values import (
     FAR_FUTURE, UCUM, date_range, decimal_of, normalize_string, number_range, reference_target, ucum_canonical,
@@ -220,7 +220,7 @@ class _Builder:
             target_types = list(parameter.targets)
         else:
             raise invalid(name, f"'{parameter.code}' may point to any type: name it, as '{parameter.code}:Type'")
-        branches = Condition()
+        branches, canonicals = Condition(), Condition()
         for target_type in target_types:
             if not _known_type(target_type):
                 continue
@@ -229,18 +229,29 @@ class _Builder:
                 inner = self.clause(target_type, t, chained, value)
             except _Unknown:
                 continue  # R4 lets a chain search every target type that has the parameter
-            branches.add(f"SELECT {t}.resource_type, {t}.fhir_id FROM resource {t} "
-                         f"WHERE {t}.resource_type = %s AND NOT {t}.deleted AND {inner.where()}",
-                         target_type, *inner.args)
+            targets = f"FROM resource {t} WHERE {t}.resource_type = %s AND NOT {t}.deleted AND {inner.where()}"
+            branches.add(f"SELECT {t}.resource_type, {t}.fhir_id {targets}", target_type, *inner.args)
+            url = parameters_for(target_type).get("url")
+            if url is not None and url.type == "uri":
+                # A canonical reference names its target by `url` or `url|version`.
+                u, v = self.alias("u"), self.alias("v")
+                canonicals.add(f"SELECT unnest(ARRAY[{u}.value, {u}.value || '|' || {v}.code]) FROM search_uri {u} "
+                               f"LEFT JOIN search_token {v} ON {v}.resource_id = {u}.resource_id "
+                               f"AND {v}.resource_type = %s AND {v}.param = 'version' WHERE {u}.resource_type = %s "
+                               f"AND {u}.param = 'url' AND {u}.resource_id IN (SELECT {t}.id {targets})",
+                               target_type, target_type, target_type, *inner.args)
         if not branches.sql:
             raise _Unknown(f"No target type of '{parameter.code}' has a search parameter '{chained}'")
         x = self.alias("x")
         result = Condition()
         type_filter = f"{x}.resource_type = %s AND " if resource_type else ""
+        literal = (f"{x}.target_url IS NULL AND ({x}.target_type, {x}.target_id) IN ("
+                   + " UNION ALL ".join(branches.sql) + ")")
+        if canonicals.sql:
+            literal = f"(({literal}) OR {x}.target_url IN (" + " UNION ALL ".join(canonicals.sql) + "))"
         result.add(f"{r}.id IN (SELECT {x}.resource_id FROM search_reference {x} WHERE {type_filter}"
-                   f"{x}.param = %s AND {x}.target_url IS NULL AND ({x}.target_type, {x}.target_id) IN ("
-                   + " UNION ALL ".join(branches.sql) + "))",
-                   *([resource_type] if resource_type else []), parameter.code, *branches.args)
+                   f"{x}.param = %s AND {literal})",
+                   *([resource_type] if resource_type else []), parameter.code, *branches.args, *canonicals.args)
         return result
 
     def has(self, resource_type: str | None, r: str, name: str, value: str) -> Condition:
@@ -477,19 +488,9 @@ def _token_condition(out: Condition, name: str, modifier: str, value: str, s: st
         out.add(f"({s}.text LIKE %s OR {s}.text LIKE %s)", text + "%", "% " + text + "%")
         return
     if modifier in ("in", "not-in"):
-        # Members: a stored ValueSet's explicit codes, the CodeSystem concepts its whole-system and is-a
-        # includes take, and a vendored R4 expansion. A `code` element has no system: its code decides.
-        url = _unescape(value).partition("|")[0]
-        systems, codes = terminology.vendored_members(url)
-        out.add("EXISTS (SELECT 1 FROM ("
-                "SELECT m.system, m.code FROM search_concept m WHERE m.url = %s AND m.resource_type = 'ValueSet' "
-                "AND m.code IS NOT NULL "
-                "UNION ALL SELECT c.system, c.code FROM search_concept m JOIN search_concept c "
-                "ON c.system = m.system AND c.ancestor = coalesce(m.ancestor, c.code) AND c.resource_type = 'CodeSystem' "
-                "WHERE m.url = %s AND m.resource_type = 'ValueSet' AND m.code IS NULL "
-                "UNION ALL SELECT * FROM unnest(%s::text[], %s::text[])) AS v (system, code) "
-                f"WHERE v.code = {s}.code AND ({s}.system IS NULL OR v.system = {s}.system))",
-                url, url, systems, codes)
+        # Expanded before the query runs (value_sets.resolve): the arguments stand for its arrays.
+        sql, parts = value_sets.membership_sql(s, name, _unescape(value))
+        out.add(sql, *parts)
         return
     if modifier in ("below", "above"):
         system, code = _system_and_code(name, value)

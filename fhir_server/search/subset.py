@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from fhir_server import json_numbers
 from fhir_server.paths import RESOURCES_DIR
 
 SUMMARY_ELEMENTS_FILE = RESOURCES_DIR / "summary-elements.json"
@@ -71,7 +72,7 @@ def _top_level(resource: dict[str, Any], names: frozenset[str] | set[str]) -> di
 
 def subset(content: bytes, summary: str | None, elements: set[str] | None) -> bytes:
     """One stored resource under `_summary` (true, text or data) or `_elements` (names of top-level elements)."""
-    resource = orjson.loads(content)
+    resource = json_numbers.loads(content)
     definition = _elements(resource.get("resourceType", ""))
     if elements is not None:
         kept = _top_level(resource, elements | definition.mandatory)
@@ -84,4 +85,4 @@ def subset(content: bytes, summary: str | None, elements: set[str] | None) -> by
     meta = dict(kept.get("meta") or {})
     meta["tag"] = [*meta.get("tag", []), SUBSETTED]
     kept["meta"] = meta
-    return orjson.dumps(kept)
+    return json_numbers.dumps(kept)

@@ -9,6 +9,7 @@ import orjson
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 
+from fhir_server import json_numbers
 from fhir_server.errors import FHIRError, Issue
 from fhir_server.search.extract import INDEX_COLUMNS, extract_index
 from fhir_server.worker import side_effects
@@ -122,7 +123,7 @@ def _stamp(resource: dict[str, Any], fhir_id: str, version_id: int, moment: date
     meta["lastUpdated"] = instant(moment)
     body = {"resourceType": resource["resourceType"], "id": fhir_id, "meta": meta}
     body.update((key, value) for key, value in resource.items() if key not in body)
-    return orjson.dumps(body)
+    return json_numbers.dumps(body)
 
 
 def _without_server_meta(resource: dict[str, Any]) -> dict[str, Any]:
