@@ -8,7 +8,7 @@ import pytest
 from fhir_server.documents.store import object_store
 from fhir_server.settings import Settings
 from fhir_server.storage import tenants
-from tests.documents.conftest import s3_client, s3_endpoint  # noqa: F401 (a fixture)
+from tests.documents.conftest import s3_client
 
 SHA = "ab" * 32
 
@@ -16,7 +16,7 @@ SHA = "ab" * 32
 @pytest.mark.parametrize("kind", ["filesystem", "s3"])
 def test_each_tenant_has_its_own_area_of_the_store(kind: str, request: pytest.FixtureRequest, tmp_path) -> None:
     if kind == "s3":
-        endpoint = request.getfixturevalue("s3_endpoint")
+        endpoint = request.getfixturevalue("moto_endpoint")
         bucket = f"docs-{secrets.token_hex(6)}"
         s3_client(endpoint).create_bucket(Bucket=bucket)
         settings = Settings(s3_bucket=bucket, s3_endpoint_url=endpoint, s3_access_key_id="testing",
