@@ -53,6 +53,11 @@ def clean_database(request: pytest.FixtureRequest) -> Iterator[None]:
     if "database_url" in request.fixturenames:
         url = request.getfixturevalue("database_url")
         with psycopg.connect(url, autocommit=True) as conn:
+            # A transaction left open by an earlier test's server (e.g. a worker thread outliving its stop
+            # timeout on a loaded machine) would make TRUNCATE, and every later test, wait: end it first.
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                         "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%%' "
+                         "AND state_change < now() - interval '1 second'")
             conn.execute("TRUNCATE " + ", ".join(TABLES) + " RESTART IDENTITY CASCADE")
     yield
 
