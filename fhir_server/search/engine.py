@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 import psycopg
 
 from fhir_server.errors import FHIRError, Issue, operation_outcome
@@ -67,6 +68,13 @@ class ResultOptions:
     ignored: list[str] = field(default_factory=list)
     notes: list[Issue] = field(default_factory=list)
     """Information for the client about how the request was served (a capped `_count`, ...)."""
+    contained: str = "false"
+    contained_type: str = "container"
+
+    @property
+    def contained_entries(self) -> bool:
+        """Whether the entries are the matching contained resources rather than their containers."""
+        return self.contained != "false" and self.contained_type == "contained"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +105,14 @@ async def search(conn: psycopg.AsyncConnection, *, base_url: str, resource_type:
     """
     base_url = base_url.rstrip("/")
     options = _result_options(resource_type, compartment, query, strict)
-    parsed = filter_condition(resource_type, options.types, query, strict, base_url, restriction)
+    parsed = filter_condition(resource_type, options.types, query, strict, base_url, restriction, options.contained)
     condition = parsed.condition
     if compartment is not None:
         sql, args = compartment_condition(compartment.type, compartment.id, resource_type)
         condition.add(sql, *args)
-    await value_sets.resolve(conn, condition.args)
+    for part in (condition, parsed.contained, parsed.own):
+        if part is not None:
+            await value_sets.resolve(conn, part.args)
     ignored = parsed.unknown + options.ignored
     if compartment is not None:
         search_url = f"{base_url}/{compartment.type}/{compartment.id}/{resource_type or '*'}"
@@ -118,14 +128,16 @@ async def search(conn: psycopg.AsyncConnection, *, base_url: str, resource_type:
     issues = options.notes + (_ignored_issues(ignored, resource_type) if ignored else [])
 
     if options.summary == "count":
-        total = await _count(conn, condition) if options.total != "estimate" else await _estimate(conn, condition)
+        total = await _count(conn, condition, parsed, options) if options.total != "estimate" \
+            else await _estimate(conn, condition)
         return bundle.searchset([("self", self_link)], total, _outcome_entries(issues))
 
     digest = page.query_digest([search_url, options.types, parsed.accepted, [s.name for s in options.sorts]])
     position = page.decode(options.page_token, digest) if options.page_token else None
     snapshot = position.snapshot if position else datetime.now(timezone.utc)
-    rows, more = await _page_rows(conn, condition, options.sorts, _single_type(resource_type, options.types),
-                                  snapshot, position, options.count)
+    # With `_contained`, the rows are containers of any type.
+    row_type = None if options.contained != "false" else _single_type(resource_type, options.types)
+    rows, more = await _page_rows(conn, condition, options.sorts, row_type, snapshot, position, options.count)
 
     links = [("self", self_link)]
     paged = position is not None or more
@@ -146,21 +158,23 @@ async def search(conn: psycopg.AsyncConnection, *, base_url: str, resource_type:
         token = page.encode(page.Position(tuple(first[4:4 + key_count]), first[0], False, snapshot), digest)
         links.append(("previous", link([(page.PAGE_TOKEN, token)])))
 
+    if options.contained_entries:
+        entries = await _contained_entries(conn, base_url, rows, parsed, options)
+    else:
+        entries = [_entry(f"{base_url}/{row_type}/{fhir_id}", row_type, content, "match", options)
+                   for _, row_type, fhir_id, content, *_ in rows]
     total = None
     if options.total == "accurate":
-        total = await _count(conn, condition)
+        total = await _count(conn, condition, parsed, options)
     elif options.total == "estimate":
         total = await _estimate(conn, condition)
     elif options.total is None and not paged and options.count > 0:
-        total = len(rows)  # the whole result is on this page: the total is known for free
-
-    entries = [_entry(base_url, row_type, fhir_id, content, "match", options)
-               for _, row_type, fhir_id, content, *_ in rows]
+        total = len(entries)  # the whole result is on this page: the total is known for free
     if options.includes and rows:
         found = await included(conn, [(row[0], row[1], row[2]) for row in rows], options.includes)
         if restriction is not None:
             found.rows = await _visible(conn, found.rows, restriction)
-        entries += [_entry(base_url, row_type, fhir_id, content, "include", options)
+        entries += [_entry(f"{base_url}/{row_type}/{fhir_id}", row_type, content, "include", options)
                     for _, row_type, fhir_id, content in found.rows]
         if found.capped:
             issues.append(Issue("incomplete", f"More than {found.limit} resources were to be included with this "
@@ -194,14 +208,40 @@ async def _visible(conn: psycopg.AsyncConnection, rows: list[tuple[int, str, str
     return [row for row in rows if row[0] in visible]
 
 
-def _entry(base_url: str, resource_type: str, fhir_id: str, content: bytes, mode: str,
-           options: ResultOptions) -> bytes:
+def _entry(full_url: str, resource_type: str, content: bytes, mode: str, options: ResultOptions) -> bytes:
     elements = options.typed_elements.get(resource_type)
     if mode == "match" and options.elements is not None:
         elements = options.elements | (elements or set())
     if elements is not None or options.summary in ("true", "text", "data"):
         content = subset(content, options.summary, elements)
-    return bundle.entry(f"{base_url}/{resource_type}/{fhir_id}", content, mode)
+    return bundle.entry(full_url, content, mode)
+
+
+async def _contained_entries(conn: psycopg.AsyncConnection, base_url: str, rows: list[tuple], parsed: ParsedQuery,
+                             options: ResultOptions) -> list[bytes]:
+    """`_containedType=contained`: the page's matching contained resources (fullUrl `[base]/Type/id#cid`),
+    and with `_contained=both` its own matches, in page order."""
+    assert parsed.contained is not None
+    ids = [row[0] for row in rows]
+    cursor = await conn.execute(f"SELECT k.resource_id, k.contained_id FROM search_token k "
+                                f"WHERE k.resource_id = ANY(%s) AND {parsed.contained.where()}",
+                                [ids, *parsed.contained.args])
+    matched = {(row[0], row[1]) for row in await cursor.fetchall()}
+    own: set[int] = set()
+    if parsed.own is not None:
+        cursor = await conn.execute(f"SELECT r.id FROM resource r WHERE r.id = ANY(%s) AND {parsed.own.where()}",
+                                    [ids, *parsed.own.args])
+        own = {row[0] for row in await cursor.fetchall()}
+    entries = []
+    for pk, row_type, fhir_id, content, *_ in rows:
+        full_url = f"{base_url}/{row_type}/{fhir_id}"
+        if pk in own:
+            entries.append(_entry(full_url, row_type, content, "match", options))
+        for contained in orjson.loads(content).get("contained") or []:
+            if isinstance(contained, dict) and (pk, contained.get("id")) in matched:
+                entries.append(_entry(f"{full_url}#{contained['id']}", contained["resourceType"],
+                                      orjson.dumps(contained), "match", options))
+    return entries
 
 
 def _outcome_entries(issues: list[Issue]) -> list[bytes]:
@@ -228,15 +268,37 @@ def _filters(query: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def filter_condition(resource_type: str | None, types: list[str], query: list[tuple[str, str]], strict: bool,
-                     base_url: str, restriction: Restriction | None) -> ParsedQuery:
+                     base_url: str, restriction: Restriction | None, contained: str = "false") -> ParsedQuery:
     """The condition over `r` of the filter parameters and of what the caller may see (search and
-    $semantic-search alike): restricted in SQL, so paging and totals count only what the caller may see."""
+    $semantic-search alike): restricted in SQL, so paging and totals count only what the caller may see.
+
+    With `contained` (`_contained=true|both`) the matches are containers, their contained resources matching.
+    """
     parsed = _parse_filters(resource_type, types, query, strict, base_url)
+    if contained != "false":
+        assert resource_type is not None
+        parsed = _with_contained(resource_type, parsed, query, strict, base_url, contained)
     if restriction is not None and restriction.compartment is not None:
         sql, args = compartment_condition(restriction.compartment.type, restriction.compartment.id, resource_type,
                                           with_itself=True)
         parsed.condition.add(sql, *args)
     return parsed
+
+
+def _with_contained(resource_type: str, own: ParsedQuery, query: list[tuple[str, str]], strict: bool,
+                    base_url: str, contained: str) -> ParsedQuery:
+    """The containers of matching contained resources (`true`), or those and the type's own matches (`both`).
+
+    The default search never comes here: its SQL stays as it is."""
+    inner = parse_query(resource_type, _filters(query), strict=strict, base_url=base_url, contained=True)
+    containers = f"NOT r.deleted AND r.id IN (SELECT k.resource_id FROM search_token k WHERE {inner.condition.where()})"
+    condition = Condition()
+    if contained == "true":
+        condition.add(containers, *inner.condition.args)
+        return ParsedQuery(condition, inner.accepted, inner.unknown, contained=inner.condition)
+    condition.add(f"(({own.condition.where()}) OR ({containers}))", *own.condition.args, *inner.condition.args)
+    unknown = own.unknown + [name for name in inner.unknown if name not in own.unknown]
+    return ParsedQuery(condition, own.accepted, unknown, contained=inner.condition, own=own.condition)
 
 
 def _parse_filters(resource_type: str | None, types: list[str], query: list[tuple[str, str]], strict: bool,
@@ -303,9 +365,16 @@ def _result_options(resource_type: str | None, compartment: Compartment | None, 
                 raise invalid(name, "_type applies to a search across all types only")
             options.types = parse_types(value)
         elif name in ("_contained", "_containedType"):
-            keep = _parse_contained(options, name, value, resource_type, strict)
+            _parse_contained(options, name, value, resource_type)
         if keep:
             options.link_parameters.append((name, value))
+    if options.contained != "false" and options.sorts:
+        # Containers of any type match: the searched type's sort parameters do not apply to them.
+        if strict:
+            raise unsupported("_sort", resource_type, "_sort is not supported with _contained")
+        options.ignored.append("_sort=" + ",".join(sort.name for sort in options.sorts))
+        options.link_parameters = [(name, value) for name, value in options.link_parameters if name != "_sort"]
+        options.sorts = []
     if options.elements is not None and options.summary is not None:
         raise invalid("_elements", "_elements and _summary cannot be combined")
     return options
@@ -331,19 +400,17 @@ def parse_types(value: str) -> list[str]:
     return list(dict.fromkeys(types))
 
 
-def _parse_contained(options: ResultOptions, name: str, value: str, resource_type: str | None,
-                     strict: bool) -> bool:
-    """Contained resources are not indexed on their own, so only `_contained=false` (the default) is served."""
+def _parse_contained(options: ResultOptions, name: str, value: str, resource_type: str | None) -> None:
+    """`_contained` and `_containedType`; contained resources are searched within one type."""
     allowed = CONTAINED_VALUES if name == "_contained" else CONTAINED_TYPE_VALUES
     if value not in allowed:
         raise invalid(name, f"{name} must be one of {', '.join(sorted(allowed))}")
-    if name == "_contained" and value != "false":
-        if strict:
-            raise unsupported(name, resource_type, f"{name}={value} is not supported: contained resources are "
-                                                   "searched with their container only")
-        options.ignored.append(f"{name}={value}")
-        return False
-    return True
+    if name == "_containedType":
+        options.contained_type = value
+        return
+    if value != "false" and resource_type is None:
+        raise invalid(name, f"{name}={value} needs a resource type to search")
+    options.contained = value
 
 
 def _single_type(resource_type: str | None, types: list[str]) -> str | None:
@@ -389,7 +456,7 @@ def _sort_key(sort: Sort, resource_type: str | None, updated_since_snapshot: boo
     parameter = parameters_for(resource_type)[sort.code]
     column = _SORT_COLUMNS[parameter.type][1 if sort.descending else 0]
     aggregate = "max" if sort.descending else "min"
-    type_filter = "s.resource_type = r.resource_type AND " if resource_type else ""
+    type_filter = "s.resource_type = r.resource_type AND " if resource_type else "s.contained_id IS NULL AND "
     return (f"(SELECT {aggregate}(s.{column}) FROM {INDEX_TABLES[parameter.type]} s "
             f"WHERE s.resource_id = r.id AND {type_filter}s.param = %s)"), [parameter.code]
 
@@ -561,8 +628,22 @@ def _keyset(sorts: list[Sort], position: page.Position, forward: bool, id_ascend
     return sql, args
 
 
-async def _count(conn: psycopg.AsyncConnection, condition: Condition) -> int:
-    cursor = await conn.execute(f"SELECT count(*) FROM resource r WHERE {condition.where()}", condition.args)
+async def _count(conn: psycopg.AsyncConnection, condition: Condition, parsed: ParsedQuery,
+                 options: ResultOptions) -> int:
+    """The number of matches: resources, or with `_containedType=contained` the contained ones (and with
+    `_contained=both` the type's own) within the matching containers."""
+    if not options.contained_entries:
+        cursor = await conn.execute(f"SELECT count(*) FROM resource r WHERE {condition.where()}", condition.args)
+    else:
+        assert parsed.contained is not None
+        containers = f"SELECT r.id FROM resource r WHERE {condition.where()}"
+        sql = (f"SELECT (SELECT count(*) FROM search_token k WHERE {parsed.contained.where()} "
+               f"AND k.resource_id IN ({containers}))")
+        args = [*parsed.contained.args, *condition.args]
+        if parsed.own is not None:
+            sql += f" + (SELECT count(*) FROM resource r WHERE {condition.where()} AND {parsed.own.where()})"
+            args += [*condition.args, *parsed.own.args]
+        cursor = await conn.execute(sql, args)
     row = await cursor.fetchone()
     return int(row[0]) if row else 0
 

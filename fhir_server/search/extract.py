@@ -68,6 +68,35 @@ class IndexRows:
     """Concepts of a CodeSystem with their ancestors (see migration 0002)."""
 
 
+CONTAINED_TABLES = ("string", "token", "date", "number", "quantity", "uri", "reference")
+"""The tables `_contained` searches read; full text and concepts stay the container's own."""
+
+
+def contained_type(resource_type: str) -> str:
+    """The resource_type of a contained resource's index rows: distinct from the type's own rows, so that a
+    search of the type (always filtered on resource_type) never sees them, at no cost."""
+    return "#" + resource_type
+
+
+def storage_rows(resource: dict[str, Any], base_url: str | None = None) -> dict[str, list[tuple]]:
+    """The index rows of `resource` per table as the storage layer writes them: its own rows, then the rows
+    of each contained resource padded to every column and followed by their resource_type
+    (`contained_type`) and contained id. A contained resource also gets an `_id` token row: it lists the
+    contained resources a `_contained` search ranges over."""
+    tables = {table: list(getattr(extract_index(resource, base_url), table)) for table in INDEX_COLUMNS}
+    for contained in resource.get("contained") or []:
+        if not (isinstance(contained, dict) and isinstance(contained.get("id"), str)
+                and isinstance(contained.get("resourceType"), str)):
+            continue
+        found = extract_index(contained, base_url)
+        found.token.append(("_id", None, contained["id"], None))
+        marker = (contained_type(contained["resourceType"]), contained["id"])
+        for table in CONTAINED_TABLES:
+            width = len(INDEX_COLUMNS[table])
+            tables[table] += [(*row, *(None,) * (width - len(row)), *marker) for row in getattr(found, table)]
+    return tables
+
+
 def extract_index(resource: dict[str, Any], base_url: str | None = None) -> IndexRows:
     """Every index row of `resource` (its search parameter values, plus a param=None row per other reference).
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from fhir_server.errors import FHIRError
 from fhir_server.search import value_sets
+from fhir_server.search.extract import contained_type
 from fhir_server.search.parameters import SearchParameter, one_date_row, parameters_for, search_parameters
 from fhir_server.search.values import (
     FAR_FUTURE, UCUM, date_range, decimal_of, normalize_string, number_range, reference_target, ucum_canonical,
@@ -63,6 +64,10 @@ class ParsedQuery:
     """The filter parameters used, in request order (for the self link and the page token)."""
     unknown: list[str]
     """Names of parameters ignored in lenient mode."""
+    contained: Condition | None = None
+    """With `_contained=true|both`: the condition on the contained resources (over `search_token k`)."""
+    own: Condition | None = None
+    """With `_contained=both`: the condition on the resources of the type themselves (over `r`)."""
 
 
 def split_escaped(value: str, separator: str) -> list[str]:
@@ -111,17 +116,24 @@ class _Unknown(Exception):
 
 
 def parse_query(resource_type: str | None, query: list[tuple[str, str]], *, strict: bool,
-                base_url: str | None = None) -> ParsedQuery:
+                base_url: str | None = None, contained: bool = False) -> ParsedQuery:
     """The SQL condition for the filter parameters of `query`; result and format parameters are skipped.
 
     Unknown parameters raise a 400 when `strict`, else they are listed in `unknown`; malformed values
-    always raise a 400.
+    always raise a 400. The condition is over `resource r`; with `contained` (a type is needed) it is over
+    the contained resources of `resource_type` instead: their `_id` rows `search_token k`, whose
+    resource_id is the container's (see extract.storage_rows).
     """
-    builder = _Builder(base_url.rstrip("/") if base_url else None)
+    builder = _Builder(base_url.rstrip("/") if base_url else None, contained)
     condition = Condition()
-    if resource_type is not None:
-        condition.add("r.resource_type = %s", resource_type)
-    condition.add("NOT r.deleted")
+    r = "k" if contained else "r"
+    if contained:
+        assert resource_type is not None
+        condition.add("k.resource_type = %s AND k.param = '_id'", contained_type(resource_type))
+    else:
+        if resource_type is not None:
+            condition.add("r.resource_type = %s", resource_type)
+        condition.add("NOT r.deleted")
     accepted: list[tuple[str, str]] = []
     unknown: list[str] = []
     same_row = _same_row_dates(resource_type, query)
@@ -131,13 +143,13 @@ def parse_query(resource_type: str | None, query: list[tuple[str, str]], *, stri
         if name in same_row:
             if same_row[name]:  # its first occurrence brings the condition of all of them
                 parameter = parameters_for(resource_type)[name]
-                clause = builder.dates(resource_type, "r", parameter, name, same_row[name])
+                clause = builder.dates(resource_type, r, parameter, name, same_row[name])
                 same_row[name] = []
                 condition.add(clause.where(), *clause.args)
             accepted.append((name, value))
             continue
         try:
-            clause = builder.clause(resource_type, "r", name, value)
+            clause = builder.clause(resource_type, r, name, value)
         except _Unknown as error:
             if strict:
                 raise unsupported(name, resource_type, str(error) or None) from None
@@ -182,17 +194,31 @@ class _Builder:
     """Builds the condition of one parameter over a resource alias; chains and `_has` nest it."""
 
     base_url: str | None
+    contained: bool = False
+    """Conditions on contained resources (parse_query): `r` is then their `_id` row."""
     counter: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def alias(self, prefix: str) -> str:
         return f"{prefix}{next(self.counter)}"
 
+    def index_subquery(self, table: str, param: str, resource_type: str | None, r: str, *, correlated: bool,
+                       extra: str | None = None) -> Condition:
+        if self.contained:
+            assert resource_type is not None
+            return _index_subquery(table, param, contained_type(resource_type), r, correlated=correlated,
+                                   extra=extra, contained=True)
+        return _index_subquery(table, param, resource_type, r, correlated=correlated, extra=extra)
+
     def clause(self, resource_type: str | None, r: str, name: str, value: str) -> Condition:
         """The condition `name=value` puts on resource `r` (of `resource_type`, None for any type)."""
         if name.startswith("_has:"):
+            if self.contained:
+                raise _Unknown(f"'{name}' is not supported with _contained")
             return self.has(resource_type, r, name, value)
         head, _, chained = name.partition(".")
         code, _, modifier = head.partition(":")
+        if self.contained and (chained or code in _SPECIAL_PARAMETERS or code == "_lastUpdated"):
+            raise _Unknown(f"'{name}' is not supported with _contained")
         if code in _SPECIAL_PARAMETERS and not chained:
             if modifier:
                 raise _Unknown()
@@ -332,7 +358,7 @@ class _Builder:
                     result.add("false")
                 return result
             param = f"{parameter.code}$0" if parameter.type == "composite" else parameter.code
-            exists = _index_subquery(INDEX_TABLES[_table_type(parameter)], param, resource_type, r,
+            exists = self.index_subquery(INDEX_TABLES[_table_type(parameter)], param, resource_type, r,
                                      correlated=True)
             result.add(("NOT " if value == "true" else "") + exists.sql[0], *exists.args)
             return result
@@ -340,7 +366,8 @@ class _Builder:
         if any(v == "" for v in values):
             raise invalid(name, "empty value")
         if parameter.code == "_id":
-            result.add(f"{r}.fhir_id = ANY(%s)", [_unescape(v) for v in values])
+            # A contained resource's `_id` row holds its id as the code.
+            result.add(f"{r}.{'code' if self.contained else 'fhir_id'} = ANY(%s)", [_unescape(v) for v in values])
             return result
         if parameter.code == "_lastUpdated":
             alternatives = Condition()
@@ -358,7 +385,7 @@ class _Builder:
         table = _MODIFIER_ROWS.get(modifier, INDEX_TABLES[parameter.type])
         param = f"{parameter.code}:{modifier}" if modifier in _MODIFIER_ROWS else parameter.code
         negated = modifier in _NEGATED_MODIFIERS
-        subquery = _index_subquery(table, param, resource_type, r, correlated=negated,
+        subquery = self.index_subquery(table, param, resource_type, r, correlated=negated,
                                    extra="(" + " OR ".join(alternatives.sql) + ")")
         result.add(("NOT " if negated else "") + subquery.sql[0], *subquery.args, *alternatives.args)
         return result
@@ -397,7 +424,7 @@ class _Builder:
         if span_low is not None or span_high is not None:
             filters.sql.insert(0, f"{_DATE_SPAN} && tstzrange(%s, %s, '[]')")
             filters.args[:0] = [span_low, span_high]
-        subquery = _index_subquery(INDEX_TABLES["date"], parameter.code, resource_type, r, correlated=False,
+        subquery = self.index_subquery(INDEX_TABLES["date"], parameter.code, resource_type, r, correlated=False,
                                    extra=" AND ".join(filters.sql))
         return Condition(subquery.sql, [*subquery.args, *filters.args])
 
@@ -420,17 +447,21 @@ class _Builder:
                 both.add(one.sql[0], *one.args)
             alternatives.add("(" + " AND ".join(both.sql) + ")", *both.args)
         first = aliases[0]
+        # Element keys restart at 0 in each contained resource: its components must share its contained id.
+        same_contained = f" AND {{c}}.contained_id = {first}.contained_id" if self.contained else ""
         joins, join_args = [], []
         for position, (component, c) in enumerate(zip(components[1:], aliases[1:]), start=1):
             joins.append(f"JOIN {INDEX_TABLES[component.type]} {c} ON {c}.resource_id = {first}.resource_id "
-                         f"AND {c}.element = {first}.element AND {c}.param = %s")
+                         f"AND {c}.element = {first}.element{same_contained.format(c=c)} AND {c}.param = %s")
             join_args.append(f"{parameter.code}${position}")
         type_filter = f"{first}.resource_type = %s AND " if resource_type else ""
+        index_type = contained_type(resource_type) if self.contained and resource_type else resource_type
+        resource_key, row_key = _keys(r, first, self.contained)
         result = Condition()
-        result.add(f"{r}.id IN (SELECT {first}.resource_id FROM {INDEX_TABLES[components[0].type]} {first} "
+        result.add(f"{resource_key} IN (SELECT {row_key} FROM {INDEX_TABLES[components[0].type]} {first} "
                    f"{' '.join(joins)} WHERE {type_filter}{first}.param = %s AND ("
                    + " OR ".join(alternatives.sql) + "))",
-                   *join_args, *([resource_type] if resource_type else []), f"{parameter.code}$0",
+                   *join_args, *([index_type] if resource_type else []), f"{parameter.code}$0",
                    *alternatives.args)
         return result
 
@@ -439,22 +470,38 @@ def _table_type(parameter: SearchParameter) -> str:
     return parameter.components[0].type if parameter.type == "composite" else parameter.type
 
 
+def _keys(r: str, s: str, contained: bool) -> tuple[str, str]:
+    """The key of resource `r` and the matching key of index rows `s`: a contained resource is known by its
+    container's id (its `_id` row's resource_id) and its own id."""
+    if contained:
+        return f"({r}.resource_id, {r}.contained_id)", f"{s}.resource_id, {s}.contained_id"
+    return f"{r}.id", f"{s}.resource_id"
+
+
 def _index_subquery(table: str, param: str, resource_type: str | None, r: str, *, correlated: bool,
-                    extra: str | None = None) -> Condition:
-    """`r.id IN (rows of this parameter ...)`, or `EXISTS (...)` when it is to be negated."""
+                    extra: str | None = None, contained: bool = False) -> Condition:
+    """`r.id IN (rows of this parameter ...)`, or `EXISTS (...)` when it is to be negated.
+
+    `resource_type` is the rows' own: `#Type` for contained resources (`contained`). Across all types, the
+    rows of contained resources are left out: they are not the resources searched.
+    """
     filters = ["s.param = %s"]
     args: list[Any] = [param]
     if resource_type is not None:
         filters.insert(0, "s.resource_type = %s")
         args.insert(0, resource_type)
+    else:
+        filters.append("s.contained_id IS NULL")
     if extra:
         filters.append(extra)
+    resource_key, row_key = _keys(r, "s", contained)
     result = Condition()
     if correlated:
-        result.add(f"EXISTS (SELECT 1 FROM {table} s WHERE s.resource_id = {r}.id AND {' AND '.join(filters)})",
-                   *args)
+        same = f"s.resource_id = {r}.resource_id AND s.contained_id = {r}.contained_id" if contained \
+            else f"s.resource_id = {r}.id"
+        result.add(f"EXISTS (SELECT 1 FROM {table} s WHERE {same} AND {' AND '.join(filters)})", *args)
     else:
-        result.add(f"{r}.id IN (SELECT s.resource_id FROM {table} s WHERE {' AND '.join(filters)})", *args)
+        result.add(f"{resource_key} IN (SELECT {row_key} FROM {table} s WHERE {' AND '.join(filters)})", *args)
     return result
 
 

@@ -5,7 +5,7 @@ from typing import Any
 import orjson
 from psycopg import AsyncConnection
 
-from fhir_server.search.extract import INDEX_COLUMNS, extract_index
+from fhir_server.search.extract import INDEX_COLUMNS, storage_rows
 from fhir_server.search.parameters import use_stored_search_parameters
 
 BATCH_SIZE = 500
@@ -16,9 +16,10 @@ _REQUIRED_FIELDS = ("url", "code", "base", "type", "expression")
 _REWRITE_SQL = "WITH " + ", ".join(
     [f"d_{table} AS (DELETE FROM search_{table} WHERE resource_id = ANY(%(ids)s))" for table in INDEX_COLUMNS]
     + [f"i_{table} AS (INSERT INTO search_{table} (resource_id, resource_type, "
-       f"{', '.join(name for name, _ in columns)}) SELECT (e->>0)::bigint, e->>1, "
-       f"{', '.join(f'(e->>{index + 2})::{kind}' for index, (_, kind) in enumerate(columns))} "
-       f"FROM json_array_elements(%({table})s::json) AS e)"
+       f"{', '.join(name for name, _ in columns)}, contained_id) SELECT (e->>0)::bigint, "
+       f"coalesce(e->>{len(columns) + 2}, e->>1), "
+       f"{', '.join(f'(e->>{index + 2})::{kind}' for index, (_, kind) in enumerate(columns))}, "
+       f"e->>{len(columns) + 3} FROM json_array_elements(%({table})s::json) AS e)"
        for table, columns in INDEX_COLUMNS.items()]
 ) + " SELECT 1"
 
@@ -63,9 +64,8 @@ async def reindex(conn: AsyncConnection, resource_type: str | None, base_url: st
                 return total
             tables: dict[str, list[tuple]] = {table: [] for table in INDEX_COLUMNS}
             for pk, row_type, content in rows:
-                found = extract_index(orjson.loads(content), base_url)
-                for table in INDEX_COLUMNS:
-                    tables[table].extend((pk, row_type, *row) for row in getattr(found, table))
+                for table, found in storage_rows(orjson.loads(content), base_url).items():
+                    tables[table].extend((pk, row_type, *row) for row in found)
             parameters: dict[str, Any] = {"ids": [row[0] for row in rows]}
             for table, found_rows in tables.items():
                 parameters[table] = orjson.dumps(found_rows, default=str).decode()

@@ -11,7 +11,7 @@ from psycopg.pq import TransactionStatus
 
 from fhir_server import json_numbers
 from fhir_server.errors import FHIRError, Issue
-from fhir_server.search.extract import INDEX_COLUMNS, extract_index
+from fhir_server.search.extract import INDEX_COLUMNS, storage_rows
 from fhir_server.worker import side_effects
 
 HISTORICAL_TYPES = frozenset({"Provenance", "AuditEvent"})
@@ -33,11 +33,13 @@ _DELETE_INDEX_CTES = ", ".join(
     f"d_{table} AS (DELETE FROM search_{table} WHERE resource_id = %(pk)s)" for table in INDEX_TABLES
 )
 # Each table's rows travel as one JSON array of arrays: one cheap parameter instead of a typed array
-# per column, which psycopg would have to inspect element by element.
+# per column, which psycopg would have to inspect element by element. A contained resource's row ends with
+# its own resource_type and contained id (extract.storage_rows); the resource's own rows stop short of them.
 _INSERT_INDEX_CTES = ", ".join(
     f"i_{table} AS (INSERT INTO search_{table} (resource_id, resource_type, "
-    f"{', '.join(name for name, _ in columns)}) SELECT w.id, %(resource_type)s, "
-    f"{', '.join(f'(e->>{index})::{kind}' for index, (_, kind) in enumerate(columns))} "
+    f"{', '.join(name for name, _ in columns)}, contained_id) SELECT w.id, "
+    f"coalesce(e->>{len(columns)}, %(resource_type)s), "
+    f"{', '.join(f'(e->>{index})::{kind}' for index, (_, kind) in enumerate(columns))}, e->>{len(columns) + 1} "
     f"FROM w, json_array_elements(%({table})s::json) AS e)"
     for table, columns in INDEX_TABLES.items()
 )
@@ -68,9 +70,10 @@ _INSERT_MANY_SQL = (
     "content) SELECT id, 1, %(resource_type)s, fhir_id, %(last_updated)s, 'POST', content FROM w), "
     + ", ".join(
         f"i_{table} AS (INSERT INTO search_{table} (resource_id, resource_type, "
-        f"{', '.join(name for name, _ in columns)}) SELECT w.id, %(resource_type)s, "
-        f"{', '.join(f'(e->>{index + 1})::{kind}' for index, (_, kind) in enumerate(columns))} "
-        f"FROM json_array_elements(%({table})s::json) AS e JOIN w ON w.fhir_id = e->>0)"
+        f"{', '.join(name for name, _ in columns)}, contained_id) SELECT w.id, "
+        f"coalesce(e->>{len(columns) + 1}, %(resource_type)s), "
+        f"{', '.join(f'(e->>{index + 1})::{kind}' for index, (_, kind) in enumerate(columns))}, "
+        f"e->>{len(columns) + 2} FROM json_array_elements(%({table})s::json) AS e JOIN w ON w.fhir_id = e->>0)"
         for table, columns in INDEX_TABLES.items()
     )
     + " SELECT count(*) FROM w"
@@ -166,9 +169,8 @@ async def _write(conn: AsyncConnection, sql: str, stored: StoredResource, method
         "content": stored.content,
     }
     if resource is not None:
-        rows = extract_index(resource, base_url)
-        for table in INDEX_TABLES:
-            params[table] = orjson.dumps(getattr(rows, table), default=str).decode()
+        for table, rows in storage_rows(resource, base_url).items():
+            params[table] = orjson.dumps(rows, default=str).decode()
     row = await (await conn.execute(sql, params, prepare=True)).fetchone()
     return row[0] if row else None
 
@@ -233,9 +235,8 @@ async def create_many(conn: AsyncConnection, resources: list[dict[str, Any]], *,
         fhir_id = resource["id"] if keep_ids else new_id()
         stored.append(StoredResource(0, resource_type, fhir_id, 1, moment, False,
                                      _stamp(resource, fhir_id, 1, moment)))
-        rows = extract_index(resource, base_url)
-        for table in INDEX_TABLES:
-            index_rows[table] += [[fhir_id, *row] for row in getattr(rows, table)]
+        for table, rows in storage_rows(resource, base_url).items():
+            index_rows[table] += [[fhir_id, *row] for row in rows]
     await conn.execute(_INSERT_MANY_SQL, {
         "resource_type": resource_type, "last_updated": moment, "fhir_ids": [item.fhir_id for item in stored],
         "contents": [item.content for item in stored],

@@ -54,7 +54,9 @@ async def _statuses(conn: AsyncConnection, sql: str, argument: Any) -> list[tupl
     return sorted(rows, key=lambda row: row[0])
 
 
-_STATUS = "LEFT JOIN search_token s ON s.resource_id = r.id AND s.param = 'status'"
+# The Task's own status row: a contained resource's rows share its resource_id (under type `#Type`).
+_STATUS = ("LEFT JOIN search_token s ON s.resource_id = r.id AND s.resource_type = r.resource_type "
+           "AND s.param = 'status'")
 
 
 async def unfinished_dependencies(conn: AsyncConnection, task: dict[str, Any]) -> list[tuple[str, str | None]]:
