@@ -523,26 +523,25 @@ async def _page_rows(conn: psycopg.AsyncConnection, condition: Condition, sorts:
     # Each branch pages on its own (an index can give its order), then the branches merge.
     sql = pages[0] if len(pages) == 1 else \
         f"SELECT * FROM ({' UNION ALL '.join(f'({each})' for each in pages)}) q {ordered}"
-    cursor = await conn.execute(sql, args if len(pages) == 1 else [*args, count + 1])
-    rows = await cursor.fetchall()
+    rows = await _with_contents(conn, sql, args if len(pages) == 1 else [*args, count + 1])
     more = len(rows) > count
     rows = rows[:count]
     if not forward:
         rows.reverse()
-    return await _with_contents(conn, rows), more
+    return rows, more
 
 
-async def _with_contents(conn: psycopg.AsyncConnection, rows: list[tuple]) -> list[tuple]:
-    """(id, resource_type, fhir_id, key...) rows → (id, resource_type, fhir_id, content, key...).
+async def _with_contents(conn: psycopg.AsyncConnection, sql: str, args: list[Any]) -> list[tuple]:
+    """Run `sql`, a page of (id, resource_type, fhir_id, key...) rows in page order, and return them as
+    (id, resource_type, fhir_id, content, key...), in the same statement (one round trip).
 
     A page is found without reading the resources' contents: covering indexes on `resource` (migration
-    0011) answer its conditions, so only the page's own rows are read, here, not every candidate's."""
-    if not rows:
-        return []
-    cursor = await conn.execute("SELECT id, content FROM resource WHERE id = ANY(%s)", [[row[0] for row in rows]])
-    contents = dict(await cursor.fetchall())
-    # A resource deleted since the page was found has no content any more: it is left out.
-    return [(row[0], row[1], row[2], contents[row[0]], *row[3:]) for row in rows if contents.get(row[0])]
+    0011) answer its conditions, so only the page's own rows are read, by the outer join, not every
+    candidate's."""
+    cursor = await conn.execute(
+        f"SELECT p.*, r.content FROM (SELECT row_number() OVER () AS n, s.* FROM ({sql}) s) p "
+        "JOIN resource r ON r.id = p.id WHERE r.content IS NOT NULL ORDER BY p.n", args)
+    return [(row[1], row[2], row[3], row[-1], *row[4:-1]) for row in await cursor.fetchall()]
 
 
 async def _page_rows_in_key_order(conn: psycopg.AsyncConnection, condition: Condition, sort: Sort,
@@ -588,15 +587,14 @@ async def _page_rows_in_key_order(conn: psycopg.AsyncConnection, condition: Cond
             assert position is not None
             keys = [position.keys[0], position.resource_id] if name == "keyed" else [position.resource_id]
             sql, args, at = f"{sql} AND {keyset}", [*args, *keys], None
-        cursor = await conn.execute(f"{sql} {order} LIMIT %s", [*args, count + 1 - len(rows)])
-        rows += await cursor.fetchall()
+        rows += await _with_contents(conn, f"{sql} {order} LIMIT %s", [*args, count + 1 - len(rows)])
         if len(rows) > count:
             break
     more = len(rows) > count
     rows = rows[:count]
     if not forward:
         rows.reverse()
-    return await _with_contents(conn, rows), more
+    return rows, more
 
 
 def _keyset(sorts: list[Sort], position: page.Position, forward: bool, id_ascending: bool
