@@ -83,7 +83,8 @@ def storage_rows(resource: dict[str, Any], base_url: str | None = None) -> dict[
     of each contained resource padded to every column and followed by their resource_type
     (`contained_type`) and contained id. A contained resource also gets an `_id` token row: it lists the
     contained resources a `_contained` search ranges over."""
-    tables = {table: list(getattr(extract_index(resource, base_url), table)) for table in INDEX_COLUMNS}
+    own = extract_index(resource, base_url)
+    tables = {table: list(getattr(own, table)) for table in INDEX_COLUMNS}
     for contained in resource.get("contained") or []:
         if not (isinstance(contained, dict) and isinstance(contained.get("id"), str)
                 and isinstance(contained.get("resourceType"), str)):
