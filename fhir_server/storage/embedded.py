@@ -54,7 +54,9 @@ class EmbeddedPostgres:
             if wanted == current:
                 return
             conn.execute(f"ALTER SYSTEM SET shared_buffers = '{wanted // 1024}kB'")
-        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.pgdata, user=self._server.system_user)
+        # -l: the restarted server logs where the wheel started it logging (else to a closed pipe).
+        pg_ctl(["-w", "-m", "fast", "-l", str(self.pgdata / "log"), "restart"], pgdata=self.pgdata,
+               user=self._server.system_user)
 
     def stop(self) -> None:
         """Stop the server explicitly: a killed owner would otherwise leave postgres running."""
