@@ -69,7 +69,7 @@ def security(fhir_base: str) -> dict[str, Any]:
     (SMART App Launch 1.0 §2.4; the same endpoints as .well-known/smart-configuration)."""
     urls = endpoints_of(fhir_base)
     return {
-        "cors": True,
+        "cors": bool(get_settings().cors_origins),
         "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                                  "code": "SMART-on-FHIR"}], "text": "OAuth2 using SMART-on-FHIR profile"}],
         "description": f"SMART App Launch and Backend Services; discovery at {fhir_base}/.well-known/"
@@ -114,9 +114,13 @@ def _statement() -> dict[str, Any]:
 
 
 @lru_cache(maxsize=64)
-def capability_statement_bytes(fhir_base: str) -> bytes:
+def capability_statement_bytes(fhir_base: str, *depends_on: object) -> bytes:
+    """The statement served at `fhir_base`; `depends_on` are the settings it reflects, part of the cache key so
+    that a process whose settings change (tests build apps with other settings) is not answered from it."""
     return orjson.dumps(capability_statement(fhir_base))
 
 
 async def capabilities(conn: object, req: FHIRRequest) -> Outcome:
-    return Outcome(200, capability_statement_bytes(req.base_url))
+    settings = get_settings()
+    return Outcome(200, capability_statement_bytes(req.base_url, settings.auth, bool(settings.cors_origins),
+                                                   settings.allow_multiple_delete))

@@ -53,3 +53,15 @@ async def test_capability_statement_names_the_smart_endpoints(configured_client)
     assert {e["url"]: e["valueUri"] for e in oauth_uris["extension"]} == {
         "authorize": config["authorization_endpoint"], "token": config["token_endpoint"],
         "introspect": config["introspection_endpoint"], "revoke": config["revocation_endpoint"]}
+
+
+async def test_capability_statement_follows_the_settings_of_its_server(configured_client) -> None:
+    """Two servers in one process at the same base: each statement says what its own settings do."""
+    async with configured_client(FHIR_AUTH="smart") as smart:
+        without_cors = (await smart.get("/metadata")).json()["rest"][0]["security"]
+    async with configured_client(FHIR_AUTH="smart", FHIR_CORS_ORIGINS="https://app.example") as smart:
+        with_cors = (await smart.get("/metadata")).json()["rest"][0]["security"]
+    async with configured_client(FHIR_AUTH="none") as open_server:
+        no_tokens = (await open_server.get("/metadata")).json()["rest"][0]
+    assert without_cors["cors"] is False and with_cors["cors"] is True
+    assert "security" not in no_tokens
