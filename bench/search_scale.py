@@ -254,39 +254,28 @@ async def measure(base_url: str, seed: int, patients: int, requests: int, warmup
     """Sequential requests on one keep-alive connection: latency without queueing."""
     results = []
     async with open_clients("raw", base_url, 1) as (client,):
-        async def get(path: str) -> tuple[float, bytes, str | None]:
+        async def send(method: str, path: str, body: bytes = b"") -> tuple[float, bytes, str | None]:
             started = time.perf_counter()
-            status, body = await client.request("GET", path)
+            status, answer = await client.request(method, path, body)
             elapsed = (time.perf_counter() - started) * 1000
-            return elapsed, body, None if status == 200 else f"GET {path} -> {status}: {body[:300]!r}"
+            return elapsed, answer, None if status == 200 else f"{method} {path} -> {status}: {answer[:300]!r}"
 
-        for name, query in queries(seed, patients).items():
+        measured: list[tuple[str, Callable[[random.Random], tuple[str, str, bytes]]]] = [
+            (name, lambda rng, query=query: ("GET", query(rng), b"")) for name, query in queries(seed, patients).items()]
+        measured.append((MATCH, lambda rng: ("POST", "/Patient/$match", match_body(seed, patients, rng))))
+        for name, request in measured:
             rng = random.Random(f"{seed}:{name}")
             for _ in range(warmup):
-                await get(query(rng))
+                await send(*request(rng))
             latencies, errors = [], []
             started, cpu = time.perf_counter(), time.process_time()
             for _ in range(requests):
-                elapsed, _, error = await get(query(rng))
+                elapsed, _, error = await send(*request(rng))
                 latencies.append(elapsed)
                 errors += [error] if error else []
             results.append(Result(name, 1, len(latencies), len(errors), time.perf_counter() - started, latencies,
                                   1, errors[0] if errors else None, time.process_time() - cpu))
             print_result(results[-1])
-
-        rng = random.Random(f"{seed}:{MATCH}")
-        latencies, errors = [], []
-        started, cpu = time.perf_counter(), time.process_time()
-        for index in range(warmup + requests):
-            begun = time.perf_counter()
-            status, body = await client.request("POST", "/Patient/$match", match_body(seed, patients, rng))
-            if status != 200:
-                errors.append(f"POST /Patient/$match -> {status}: {body[:300]!r}")
-            elif index >= warmup:
-                latencies.append((time.perf_counter() - begun) * 1000)
-        results.append(Result(MATCH, 1, len(latencies), len(errors), time.perf_counter() - started, latencies,
-                              1, errors[0] if errors else None, time.process_time() - cpu))
-        print_result(results[-1])
 
         # Each walk follows `next` from page 1 to page 50; the request for page 50 is the one measured.
         latencies, errors = [], []
@@ -295,7 +284,7 @@ async def measure(base_url: str, seed: int, patients: int, requests: int, warmup
             path: str | None = f"/Patient?_sort={'-' if walk % 2 else ''}family&_count=20"
             for _ in range(PAGE_COUNT):
                 assert path is not None
-                elapsed, body, error = await get(path)
+                elapsed, body, error = await send("GET", path)
                 if error:
                     errors.append(error)
                     break
