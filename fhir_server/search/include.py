@@ -1,13 +1,14 @@
 """`_include` and `_revinclude` (with `*`, `:iterate` and typed targets): the resources a page brings along,
 found set-based over the reference table, one query per round for the whole page."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
 
 from fhir_server.errors import FHIRError
 from fhir_server.resource_types import resource_types
+from fhir_server.search.canonical import canonical_types, named_by, texts
 from fhir_server.search.parameters import parameters_for
 
 INCLUDE = "_include"
@@ -74,25 +75,35 @@ def _invalid(name: str, value: str, reason: str) -> FHIRError:
 
 # A reference row of the reference table matches an Include when its source type, parameter and target
 # type agree; `*` (or an empty target type) matches anything, but `*` only covers references that some
-# search parameter indexes (param IS NOT NULL), as R4 defines it.
-_MATCHES = ("(i.source_type = '*' OR s.resource_type = i.source_type) "
-            "AND (s.param = i.param OR (i.param = '*' AND s.param IS NOT NULL)) "
-            "AND (i.target_type = '' OR s.target_type = i.target_type)")
+# search parameter indexes (param IS NOT NULL), as R4 defines it. A canonical reference's target type is the
+# type of the resource that its URL names (`u`): its Include is spelt out per such type (`_canonical`).
+_SOURCE_MATCHES = ("(i.source_type = '*' OR s.resource_type = i.source_type) "
+                   "AND (s.param = i.param OR (i.param = '*' AND s.param IS NOT NULL))")
+_MATCHES = f"{_SOURCE_MATCHES} AND (i.target_type = '' OR s.target_type = i.target_type)"
 _SPECS = "unnest(%s::text[], %s::text[], %s::text[]) AS i(source_type, param, target_type)"
-# Targets of the sources' references, and resources whose references point at the sources; each found
-# once, never one already in the Bundle, in resource.id order so that capping is deterministic. The ids
-# become an array, so each resource is then read by its key (a join could walk the whole table in order).
-_ROUND_SQL = f"""
-WITH found AS (
-    SELECT t.id FROM search_reference s JOIN {_SPECS} ON {_MATCHES}
+# Each round is one statement: the targets of the sources' references, and the resources whose references
+# point at the sources, by literal reference or by canonical URL (only the branches the round needs);
+# each found once, never one already in the Bundle, in resource.id order so that capping is deterministic.
+_TARGETS = f"""SELECT t.id FROM search_reference s JOIN {_SPECS} ON {_MATCHES}
     JOIN resource t ON t.resource_type = s.target_type AND t.fhir_id = s.target_id
-    WHERE s.resource_id = ANY(%s) AND s.target_url IS NULL
-  UNION
-    SELECT s.resource_id FROM search_reference s JOIN {_SPECS} ON {_MATCHES}
+    WHERE s.resource_id = ANY(%s) AND s.target_url IS NULL"""
+_CANONICAL_TARGETS = f"""SELECT u.resource_id FROM search_reference s JOIN {_SPECS} ON {_SOURCE_MATCHES}
+    JOIN search_uri u ON u.resource_type = i.target_type AND {named_by("s", "u")}
+    WHERE s.resource_id = ANY(%s) AND s.target_url IS NOT NULL"""
+_REFERRERS = f"""SELECT s.resource_id FROM search_reference s JOIN {_SPECS} ON {_MATCHES}
     JOIN unnest(%s::text[], %s::text[]) AS p(resource_type, fhir_id)
       ON s.target_type = p.resource_type AND s.target_id = p.fhir_id
-    WHERE s.target_url IS NULL
-)
+    WHERE s.target_url IS NULL"""
+# The sources' canonical URLs first become an array, so that the references naming them are looked up in
+# search_reference_url whatever the planner thinks of the join.
+_CANONICAL_REFERRERS = f"""SELECT s.resource_id FROM search_reference s
+    JOIN search_uri u ON u.resource_id = ANY(%s) AND u.param = 'url' AND s.target_url = ANY({texts("u")})
+    JOIN {_SPECS} ON i.target_type = u.resource_type AND {_SOURCE_MATCHES}
+    WHERE s.target_url IS NOT NULL AND s.target_url = ANY(ARRAY(SELECT unnest({texts("n")}) FROM search_uri n
+                                                              WHERE n.resource_id = ANY(%s) AND n.param = 'url'))"""
+# The ids become an array, so each resource is then read by its key (a join could walk the whole table in order).
+_ROUND_SQL = """
+WITH found (id) AS ({branches})
 SELECT r.id, r.resource_type, r.fhir_id, r.content FROM resource r
 WHERE r.id = ANY(ARRAY(SELECT id FROM found WHERE id <> ALL(%s) ORDER BY id LIMIT %s)) AND NOT r.deleted
 ORDER BY r.id
@@ -101,6 +112,16 @@ ORDER BY r.id
 
 def _spec_arrays(includes: list[Include]) -> list[list[str]]:
     return [[i.source_type for i in includes], [i.param for i in includes], [i.target_type for i in includes]]
+
+
+def _canonical(includes: list[Include]) -> list[Include]:
+    """`includes` once per type that their references may name by canonical URL."""
+    spelt = []
+    for i in includes:
+        parameter = parameters_for(i.source_type).get(i.param) if i.param != ANY else None
+        candidates = [i.target_type] if i.target_type else (parameter.targets if parameter else ()) or None
+        spelt += [replace(i, target_type=target_type) for target_type in canonical_types(candidates)]
+    return spelt
 
 
 async def included(conn: psycopg.AsyncConnection, matches: list[tuple[int, str, str]],
@@ -119,10 +140,21 @@ async def included(conn: psycopg.AsyncConnection, matches: list[tuple[int, str, 
         forward = [i for i in active if not i.reverse]
         reverse = [i for i in active if i.reverse]
         room = limit - len(result.rows)
-        args: list[Any] = [*_spec_arrays(forward), [source[0] for source in sources] if forward else [],
-                           *_spec_arrays(reverse), [source[1] for source in sources] if reverse else [],
-                           [source[2] for source in sources] if reverse else [], seen, room + 1]
-        cursor = await conn.execute(_ROUND_SQL, args)
+        ids = [source[0] for source in sources]
+        branches: list[tuple[str, list[Any]]] = []
+        if forward:
+            branches.append((_TARGETS, [*_spec_arrays(forward), ids]))
+        if canonical := _canonical(forward):
+            branches.append((_CANONICAL_TARGETS, [*_spec_arrays(canonical), ids]))
+        if reverse:
+            branches.append((_REFERRERS, [*_spec_arrays(reverse), [source[1] for source in sources],
+                                          [source[2] for source in sources]]))
+        canonical = _canonical(reverse)
+        named_types = {i.target_type for i in canonical}
+        if named := [source[0] for source in sources if source[1] in named_types]:
+            branches.append((_CANONICAL_REFERRERS, [named, *_spec_arrays(canonical), named]))
+        sql = _ROUND_SQL.format(branches="\n  UNION\n    ".join(branch for branch, _ in branches))
+        cursor = await conn.execute(sql, [*(arg for _, args in branches for arg in args), seen, room + 1])
         found = await cursor.fetchall()
         if len(found) > room:
             result.capped = True

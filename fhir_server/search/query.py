@@ -9,6 +9,7 @@ from typing import Any
 
 from fhir_server.errors import FHIRError
 from fhir_server.search import value_sets
+from fhir_server.search.canonical import canonical_types, named_by, texts
 from fhir_server.search.extract import contained_type
 from fhir_server.search.parameters import SearchParameter, one_date_row, parameters_for, search_parameters
 from fhir_server.search.values import (
@@ -257,15 +258,12 @@ class _Builder:
                 continue  # R4 lets a chain search every target type that has the parameter
             targets = f"FROM resource {t} WHERE {t}.resource_type = %s AND NOT {t}.deleted AND {inner.where()}"
             branches.add(f"SELECT {t}.resource_type, {t}.fhir_id {targets}", target_type, *inner.args)
-            url = parameters_for(target_type).get("url")
-            if url is not None and url.type == "uri":
-                # A canonical reference names its target by `url` or `url|version`.
-                u, v = self.alias("u"), self.alias("v")
-                canonicals.add(f"SELECT unnest(ARRAY[{u}.value, {u}.value || '|' || {v}.code]) FROM search_uri {u} "
-                               f"LEFT JOIN search_token {v} ON {v}.resource_id = {u}.resource_id "
-                               f"AND {v}.resource_type = %s AND {v}.param = 'version' WHERE {u}.resource_type = %s "
-                               f"AND {u}.param = 'url' AND {u}.resource_id IN (SELECT {t}.id {targets})",
-                               target_type, target_type, target_type, *inner.args)
+            if canonical_types([target_type]):
+                u = self.alias("u")
+                canonicals.add(f"SELECT unnest({texts(u)}) FROM search_uri {u} "
+                               f"WHERE {u}.resource_type = %s AND {u}.param = 'url' "
+                               f"AND {u}.resource_id IN (SELECT {t}.id {targets})",
+                               target_type, target_type, *inner.args)
         if not branches.sql:
             raise _Unknown(f"No target type of '{parameter.code}' has a search parameter '{chained}'")
         x = self.alias("x")
@@ -304,17 +302,29 @@ class _Builder:
             referrer_ids = (f"{x}.resource_id IN (SELECT {h}.id FROM resource {h} WHERE {h}.resource_type = %s "
                             f"AND NOT {h}.deleted AND {inner.where()})")
             referrer_args = [referrer_type, *inner.args]
-        referrers = (f"FROM search_reference {x} WHERE {x}.resource_type = %s AND {x}.param = %s "
-                     f"AND {x}.target_url IS NULL AND {{type_filter}}{referrer_ids}")
+        referrers = f"{x}.resource_type = %s AND {x}.param = %s AND {referrer_ids}"
+        referrer_args = [referrer_type, reference_code, *referrer_args]
+        type_filter = f"{x}.target_type = %s AND " if resource_type else ""
+        type_args = [resource_type] if resource_type else []
+        literal = f"WHERE {type_filter}{x}.target_url IS NULL AND {referrers}"
         result = Condition()
-        if resource_type:
-            result.add(f"{r}.fhir_id IN (SELECT {x}.target_id "
-                       + referrers.format(type_filter=f"{x}.target_type = %s AND ") + ")",
-                       referrer_type, reference_code, resource_type, *referrer_args)
+        canonical = canonical_types([resource_type] if resource_type else reference.targets or None)
+        if canonical:
+            # The referrers may also name them by canonical URL: both ways in one `r.id IN (... UNION ALL ...)`,
+            # since `r.fhir_id IN (...) OR r.id IN (...)` could only be checked resource by resource.
+            t, u = self.alias("t"), self.alias("u")
+            result.add(f"{r}.id IN (SELECT {t}.id FROM search_reference {x} JOIN resource {t} "
+                       f"ON {t}.resource_type = {x}.target_type AND {t}.fhir_id = {x}.target_id {literal} "
+                       f"UNION ALL SELECT {u}.resource_id FROM search_reference {x} JOIN search_uri {u} "
+                       f"ON {u}.resource_type = ANY(%s) AND {named_by(x, u)} "
+                       f"WHERE {x}.target_url IS NOT NULL AND {referrers})",
+                       *type_args, *referrer_args, canonical, *referrer_args)
+        elif resource_type:
+            result.add(f"{r}.fhir_id IN (SELECT {x}.target_id FROM search_reference {x} {literal})",
+                       *type_args, *referrer_args)
         else:
             result.add(f"({r}.resource_type, {r}.fhir_id) IN (SELECT {x}.target_type, {x}.target_id "
-                       + referrers.format(type_filter="") + ")",
-                       referrer_type, reference_code, *referrer_args)
+                       f"FROM search_reference {x} {literal})", *referrer_args)
         return result
 
     def special(self, resource_type: str | None, r: str, code: str, name: str, value: str) -> Condition:
