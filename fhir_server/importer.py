@@ -9,6 +9,7 @@ import orjson
 import typer
 from psycopg import AsyncConnection
 
+from fhir_server import json_numbers
 from fhir_server.errors import FHIRError
 from fhir_server.interactions import create, transaction, update
 from fhir_server.request import FHIRRequest
@@ -32,12 +33,12 @@ def _items(path: Path) -> Iterator[tuple[str, Any]]:
             for number, line in enumerate(lines, 1):
                 if line.strip():
                     try:
-                        yield f"{path}:{number}", orjson.loads(line)
+                        yield f"{path}:{number}", json_numbers.loads(line)
                     except orjson.JSONDecodeError as error:
                         yield f"{path}:{number}", f"not valid JSON: {error}"
         return
     try:
-        yield str(path), orjson.loads(path.read_bytes())
+        yield str(path), json_numbers.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as error:
         yield str(path), f"cannot read: {error}"
 

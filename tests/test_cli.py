@@ -35,7 +35,7 @@ def test_import_reports_created_updated_and_failed(tmp_path: Path, database_url:
     ]}
     (tmp_path / "bundle.json").write_text(json.dumps(bundle))
     (tmp_path / "lines.ndjson").write_text("\n".join([
-        json.dumps({"resourceType": "Patient", "id": "p1"}),
+        '{"resourceType": "Patient", "id": "p1", "extension": [{"url": "http://example.org/x", "valueDecimal": 1.50}]}',
         json.dumps({"resourceType": "Patient", "gender": "nope"}),
         "{not json",
     ]))
@@ -45,6 +45,8 @@ def test_import_reports_created_updated_and_failed(tmp_path: Path, database_url:
     assert "created: 3  updated: 0  failed: 2" in result.stdout
     assert "lines.ndjson:2" in result.stderr and "lines.ndjson:3" in result.stderr
     assert db.execute("SELECT count(*) FROM resource").fetchone()[0] == 3
+    stored = db.execute("SELECT content FROM resource WHERE fhir_id = 'p1'").fetchone()[0]
+    assert b'"valueDecimal":1.50' in bytes(stored)  # as written in the file
 
 
 def postgres_running(data_dir: Path) -> bool:

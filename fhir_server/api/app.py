@@ -102,8 +102,7 @@ def _parse_body(req: FHIRRequest, content_type: str, raw: bytes) -> Any:
         raise FHIRError.of(415, "not-supported", f"Content-Type {media} is not supported here; send "
                                                  + " or ".join(sorted(allowed - {"json", "application/json+fhir"})))
     try:
-        # Resources keep their decimals as written; operations read their parameters as plain floats.
-        return json_numbers.loads(raw) if req.operation is None else orjson.loads(raw)
+        return json_numbers.loads(raw)  # decimals as written, in resources and operation parameters alike
     except orjson.JSONDecodeError as error:
         raise FHIRError.of(400, "structure", f"The body is not valid JSON: {error}") from None
 

@@ -6,6 +6,7 @@ from typing import Any
 import orjson
 from psycopg import AsyncConnection
 
+from fhir_server import json_numbers
 from fhir_server.audit.events import SERVER
 from fhir_server.errors import FHIRError, Issue
 from fhir_server.storage import repository
@@ -24,7 +25,7 @@ def from_header(value: str) -> dict[str, Any]:
     """The Provenance a client sent, checked before anything is written (400 otherwise). `target` is the
     server's to fill: whatever the client put there is replaced."""
     try:
-        provenance = orjson.loads(value)
+        provenance = json_numbers.loads(value.encode())
     except orjson.JSONDecodeError as error:
         raise FHIRError.of(400, "structure", f"X-Provenance is not valid JSON: {error}", "X-Provenance") from None
     if not isinstance(provenance, dict) or provenance.get("resourceType") != "Provenance":

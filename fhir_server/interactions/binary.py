@@ -14,12 +14,12 @@ import asyncio
 import base64
 from functools import partial
 
-import orjson
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fhir_server import json_numbers
 from fhir_server.audit.interceptor import audited
 from fhir_server.auth.enforce import in_patient_compartment, not_found
 from fhir_server.dispatch import dispatch
@@ -116,7 +116,7 @@ async def _read(pool: AsyncConnectionPool, request: Request, req: FHIRRequest, s
                                 partial(_read_authorized, conn, req))
         if outcome.status != 200:
             return outcome  # 304
-        binary = orjson.loads(outcome.body)
+        binary = json_numbers.loads(outcome.body)
         sha256 = content_hash(binary)
         stored = await objects.lookup(conn, sha256) if sha256 else None
     store = object_store(settings)
@@ -124,7 +124,7 @@ async def _read(pool: AsyncConnectionPool, request: Request, req: FHIRRequest, s
         if sha256 is not None:
             data = b"".join(await asyncio.to_thread(lambda: list(store.open(sha256))))
             binary["data"] = base64.b64encode(data).decode()
-            outcome.body = orjson.dumps(binary)
+            outcome.body = json_numbers.dumps(binary)
         return outcome
     content_type = binary.get("contentType") or "application/octet-stream"
     if sha256 is None:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from psycopg import AsyncConnection
 
+from fhir_server import json_numbers
 from fhir_server.errors import FHIRError, Issue
 from fhir_server.identity import replaced
 from fhir_server.identity.references import references
@@ -80,7 +81,7 @@ def _patch_document(body: Any, index: int) -> Any:
     """A PATCH entry carries its JSON Patch as a Binary resource (base64 data)."""
     if isinstance(body, dict) and body.get("resourceType") == "Binary" and body.get("data"):
         try:
-            return orjson.loads(base64.b64decode(body["data"]))
+            return json_numbers.loads(base64.b64decode(body["data"]))
         except ValueError:
             pass
     raise FHIRError.of(400, "structure", f"Bundle.entry[{index}]: a PATCH entry needs a Binary resource with "

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import orjson
 from psycopg import AsyncConnection
 
+from fhir_server import json_numbers
 from fhir_server.auth.enforce import authorize_changes
 from fhir_server.errors import FHIRError, Issue, operation_outcome
 from fhir_server.identity import merge_record, mrn, replaced
@@ -244,7 +244,7 @@ async def merge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
         {"name": "outcome", "resource": outcome},
         {"name": "result", "resource": result},
     ])
-    return Outcome(200, orjson.dumps(body))
+    return Outcome(200, json_numbers.dumps(body))
 
 
 def _task(parameters: list[dict[str, Any]], total: int) -> dict[str, Any]:
@@ -279,7 +279,7 @@ async def _accept(conn: AsyncConnection, req: FHIRRequest, parameters: list[dict
     await conn.execute(
         "INSERT INTO patient_merge_job (task, source, target, base_url, result_patient, total) "
         "VALUES (%s, %s, %s, %s, %s, %s)",
-        (task.pk, source.pk, target.pk, req.base_url, orjson.dumps(result_patient).decode()
+        (task.pk, source.pk, target.pk, req.base_url, json_numbers.dumps(result_patient).decode()
          if result_patient is not None else None, len(ids)))
     await conn.execute(
         "INSERT INTO patient_merge_referrer (task, position, resource_id) "
@@ -298,4 +298,4 @@ async def _accept(conn: AsyncConnection, req: FHIRRequest, parameters: list[dict
         {"name": "outcome", "resource": outcome},
         {"name": "task", "resource": task.json()},
     ])
-    return Outcome(202, orjson.dumps(body), location=location, headers={"Content-Location": location})
+    return Outcome(202, json_numbers.dumps(body), location=location, headers={"Content-Location": location})

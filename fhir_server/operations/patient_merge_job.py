@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 import psycopg
+
+from fhir_server import json_numbers
 from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError, Issue
@@ -87,9 +89,14 @@ async def _job(conn: AsyncConnection, task_id: str) -> Job | None:
     if task is None:
         return None
     row = await (await conn.execute(
-        "SELECT source, target, base_url, result_patient, total, done, finished_at IS NOT NULL, failure "
+        "SELECT source, target, base_url, result_patient::text, total, done, finished_at IS NOT NULL, failure "
         "FROM patient_merge_job WHERE task = %s FOR UPDATE", (task.pk,))).fetchone()
-    return Job(task, *row) if row else None
+    if row is None:
+        return None
+    # As text, so that its decimals keep their written precision (jsonb keeps it; a float would not).
+    source, target, base_url, result_patient, *rest = row
+    return Job(task, source, target, base_url, json_numbers.loads(result_patient.encode()) if result_patient else None,
+               *rest)
 
 
 async def _patients(conn: AsyncConnection, job: Job) -> tuple[StoredResource, StoredResource]:
@@ -188,7 +195,7 @@ async def _undo_batch(conn: AsyncConnection, job: Job, source_id: str, target_id
         if referrer is None:
             continue  # deleted since: nothing references the target any more
         resource = referrer.json()
-        if restore_references(orjson.loads(prior), resource, source_id, target_id, job.base_url):
+        if restore_references(json_numbers.loads(prior), resource, source_id, target_id, job.base_url):
             written, _ = await repository.update(conn, resource, referrer.fhir_id, base_url=job.base_url)
             recorded.append((referrer.version_id, written.version_id, job.task.pk, position))
     async with conn.cursor() as cursor:

@@ -10,9 +10,9 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
-import orjson
 from psycopg import AsyncConnection
 
+from fhir_server import json_numbers
 from fhir_server.auth.enforce import authorize_changes
 from fhir_server.errors import FHIRError
 from fhir_server.identity import merge_record, replaced
@@ -129,4 +129,4 @@ async def unmerge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
                          f"(Provenance/{provenance_id}); references moved back:", counts, restored)
     body = params.parameters_resource([{"name": "outcome", "resource": outcome},
                                        {"name": "result", "resource": source.json()}])
-    return Outcome(200, orjson.dumps(body))
+    return Outcome(200, json_numbers.dumps(body))

@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
-import orjson
 import psycopg
 
+from fhir_server import json_numbers
 from fhir_server.errors import FHIRError, Issue, operation_outcome
 from fhir_server.resource_types import resource_types
 from fhir_server.search import bundle, page, value_sets
@@ -237,10 +237,10 @@ async def _contained_entries(conn: psycopg.AsyncConnection, base_url: str, rows:
         full_url = f"{base_url}/{row_type}/{fhir_id}"
         if pk in own:
             entries.append(_entry(full_url, row_type, content, "match", options))
-        for contained in orjson.loads(content).get("contained") or []:
+        for contained in json_numbers.loads(content).get("contained") or []:
             if isinstance(contained, dict) and (pk, contained.get("id")) in matched:
                 entries.append(_entry(f"{full_url}#{contained['id']}", contained["resourceType"],
-                                      orjson.dumps(contained), "match", options))
+                                      json_numbers.dumps(contained), "match", options))
     return entries
 
 

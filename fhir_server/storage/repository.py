@@ -101,7 +101,7 @@ class StoredResource:
         return f'W/"{self.version_id}"'
 
     def json(self) -> dict[str, Any]:
-        return orjson.loads(self.content) if self.content else {}
+        return json_numbers.loads(self.content) if self.content else {}
 
 
 def _now() -> datetime:
@@ -137,6 +137,12 @@ def _without_server_meta(resource: dict[str, Any]) -> dict[str, Any]:
     if meta:
         comparable["meta"] = meta
     return comparable
+
+
+def _unchanged(current: dict[str, Any], resource: dict[str, Any]) -> bool:
+    """Whether an update would write the same content: compared as JSON text, where `1.50` is not `1.5`."""
+    return json_numbers.dumps(_without_server_meta(current), orjson.OPT_SORT_KEYS) \
+        == json_numbers.dumps(_without_server_meta(resource), orjson.OPT_SORT_KEYS)
 
 
 async def read(conn: AsyncConnection, resource_type: str, fhir_id: str, *, for_update: bool = False
@@ -267,7 +273,7 @@ async def update(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str, 
         raise FHIRError.of(412, "conflict",
                            f"If-Match version {if_match} does not match the current version {current.version_id} "
                            f"of {resource_type}/{fhir_id}")
-    if not current.deleted and _without_server_meta(current.json()) == _without_server_meta(resource):
+    if not current.deleted and _unchanged(current.json(), resource):
         return current, False
     moment = _now()
     version_id = current.version_id + 1

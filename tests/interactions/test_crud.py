@@ -78,6 +78,16 @@ def test_update_unchanged_content_makes_no_new_version(client: httpx.Client, db)
     assert db.execute("SELECT count(*) FROM resource_version WHERE fhir_id = %s", (pid,)).fetchone()[0] == 1
 
 
+def test_update_changing_only_a_decimals_precision_makes_a_new_version(client: httpx.Client) -> None:
+    """`1.50` is not `1.5` in FHIR (R4 decimal precision): the update is a change, kept as written."""
+    body = b'{"resourceType":"Observation","id":"w","status":"final","code":{"text":"w"},"valueQuantity":{"value":%s}}'
+    headers = {"Content-Type": FHIR_JSON}
+    assert client.put("/Observation/w", content=body % b"1.5", headers=headers).status_code == 201
+    changed = client.put("/Observation/w", content=body % b"1.50", headers=headers)
+    assert changed.headers["etag"] == 'W/"2"' and b'"value":1.50' in client.get("/Observation/w").content
+    assert client.put("/Observation/w", content=body % b"1.50", headers=headers).headers["etag"] == 'W/"2"'
+
+
 def test_update_as_create_with_client_id(client: httpx.Client) -> None:
     response = client.put("/Patient/my-id-1", json={**patient(), "id": "my-id-1"})
     assert response.status_code == 201

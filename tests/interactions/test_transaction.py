@@ -81,7 +81,9 @@ def test_transaction_conditional_reference_and_if_none_exist(client: httpx.Clien
 
 def test_transaction_processes_deletes_before_creates_and_reads_last(client: httpx.Client) -> None:
     pid = client.post("/Patient", json={"resourceType": "Patient", "gender": "male"}).json()["id"]
-    patch = base64.b64encode(json.dumps([{"op": "replace", "path": "/gender", "value": "female"}]).encode()).decode()
+    operations = [{"op": "replace", "path": "/gender", "value": "female"},
+                  {"op": "add", "path": "/extension", "value": [{"url": "http://example.org/x", "valueDecimal": 1.25}]}]
+    patch = base64.b64encode(json.dumps(operations).replace("1.25", "1.50").encode()).decode()
     response = client.post("", json=bundle(
         "transaction",
         {"request": {"method": "GET", "url": f"Patient/{pid}"}},
@@ -94,6 +96,7 @@ def test_transaction_processes_deletes_before_creates_and_reads_last(client: htt
     assert read["resource"]["gender"] == "female"
     assert patched["response"]["etag"] == 'W/"2"'
     assert put["response"]["status"].startswith("201")
+    assert b'"valueDecimal":1.50' in client.get(f"/Patient/{pid}").content  # as the patch wrote it
 
 
 def test_transaction_delete_of_still_referenced_resource_is_409(client: httpx.Client) -> None:

@@ -50,10 +50,15 @@ def resources(db: psycopg.Connection, resource_type: str) -> list[dict[str, Any]
     return [orjson.loads(row[0]) for row in rows]
 
 
-def read(db: psycopg.Connection, resource_type: str, fhir_id: str) -> dict[str, Any]:
+def raw(db: psycopg.Connection, resource_type: str, fhir_id: str) -> bytes:
+    """The current version's JSON as stored."""
     row = db.execute("SELECT content FROM resource WHERE resource_type = %s AND fhir_id = %s",
                      (resource_type, fhir_id)).fetchone()
-    return orjson.loads(row[0])
+    return bytes(row[0])
+
+
+def read(db: psycopg.Connection, resource_type: str, fhir_id: str) -> dict[str, Any]:
+    return orjson.loads(raw(db, resource_type, fhir_id))
 
 
 def reason(resource: dict[str, Any]) -> str | None:

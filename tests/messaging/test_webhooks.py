@@ -1,9 +1,11 @@
 """Twilio's webhooks: signed status callbacks and inbound messages, STOP and START as Consent."""
 
+import orjson
 from twilio.request_validator import RequestValidator
 
 from fhir_server.messaging.codes import PROVIDER_IDENTIFIERS, PROVIDER_STATUS_EXTENSION
-from tests.messaging.helpers import MEDIA, communication_request, eventually, patient, read, reason, resources
+from tests.messaging.helpers import (MEDIA, communication_request, eventually, patient, raw, read, reason,
+                                    resources)
 from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN
 
 
@@ -161,3 +163,23 @@ async def test_stop_from_a_related_person_records_their_opt_out(background_app, 
     assert request["status"] == "on-hold" and reason(request) == "opted-out" and twilio.requests == 0
     [message] = [c for c in resources(db, "Communication") if c["status"] == "completed"]
     assert message["sender"] == {"reference": f"RelatedPerson/{mother}"} and "subject" not in message
+
+
+async def test_server_rewrites_keep_written_decimals(background_app, twilio, db) -> None:
+    """The worker completing a request and a status callback rewriting its Communication keep `1.50` as written."""
+    score = b'{"url":"http://example.org/fhir/StructureDefinition/score","valueDecimal":1.50}'
+    headers = {"Content-Type": "application/fhir+json"}
+    async with background_app() as (_, client):
+        pid = (await client.post("/fhir/Patient", json=patient())).json()["id"]
+        request = orjson.dumps(communication_request(f"Patient/{pid}"))[:-1] + b',"extension":[' + score + b"]}"
+        request_id = (await client.post("/fhir/CommunicationRequest", content=request, headers=headers)).json()["id"]
+        await eventually(lambda: read(db, "CommunicationRequest", request_id)["status"] == "completed")
+        assert score in raw(db, "CommunicationRequest", request_id)
+        communication = (b'{"resourceType":"Communication","id":"scored","status":"in-progress",'
+                         b'"subject":{"reference":"Patient/%s"},"extension":[%s]}') % (pid.encode(), score)
+        assert (await client.put("/fhir/Communication/scored", content=communication, headers=headers)).status_code == 201
+        params = {"AccountSid": ACCOUNT_SID, "MessageStatus": "undelivered", "ErrorCode": "30003", "MessageSid": "SMx"}
+        assert (await _post_signed(client, "/twilio/status?communication=scored", params)).status_code == 204
+        assert read(db, "Communication", "scored")["status"] == "not-done"
+        assert score in raw(db, "Communication", "scored")
+        assert score in (await client.get("/fhir/Communication/scored")).content

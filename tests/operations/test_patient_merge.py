@@ -268,3 +268,43 @@ def test_transactions_racing_a_merge_all_end_correctly(client: httpx.Client, ser
         "(SELECT resource_id FROM search_reference WHERE target_type = 'Patient' AND target_id = %s)",
         (source,)).fetchone()[0]
     assert referencing_source == 0
+
+
+def precise(resource: dict, decimal: str) -> bytes:
+    """`resource` as JSON with its one number written as `decimal` (`1.50`: a float would print `1.5`)."""
+    return json.dumps(resource).replace("12345.0", decimal).encode()
+
+
+SCORE = "http://example.org/fhir/StructureDefinition/score"
+
+
+def test_merge_and_unmerge_keep_written_decimals(client: httpx.Client) -> None:
+    """Rewritten referrers, both patients and the result-patient (an operation parameter) keep `1.50` as written."""
+    headers = {"Content-Type": "application/fhir+json"}
+    source = create(client, {"resourceType": "Patient", "name": [{"family": "Doe"}]})["id"]
+    target = create(client, {"resourceType": "Patient", "name": [{"family": "Doe", "given": ["J"]}]})["id"]
+    weight = client.post("/Observation", headers=headers, content=precise(
+        {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}, "subject": ref(source),
+         "valueQuantity": {"value": 12345.0, "unit": "kg"}}, "1.50"))
+    assert weight.status_code == 201, weight.text
+    observation = f"/Observation/{weight.json()['id']}"
+    result_patient = {"resourceType": "Patient", "id": target, "name": [{"family": "Doe", "given": ["J"]}],
+                      "extension": [{"url": SCORE, "valueDecimal": 12345.0}],
+                      "link": [{"other": ref(source), "type": "replaces"}]}
+    parameters = {"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient", "valueReference": ref(source)},
+        {"name": "target-patient", "valueReference": ref(target)},
+        {"name": "result-patient", "resource": result_patient}]}
+    merged = client.post("/Patient/$merge", headers=headers, content=precise(parameters, "2.50"))
+    assert merged.status_code == 200, merged.text
+    assert merged.content.count(b'"valueDecimal":2.50') == 2  # the input echoed, and the result
+    moved = client.get(observation)
+    assert moved.json()["subject"] == ref(target) and moved.json()["meta"]["versionId"] == "2"
+    assert b'"value":1.50' in moved.content
+    assert b'"valueDecimal":2.50' in client.get(f"/Patient/{target}").content
+    undone = client.post("/Patient/$unmerge", json={"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient", "valueReference": ref(source)}]})
+    assert undone.status_code == 200, undone.text
+    restored = client.get(observation)
+    assert restored.json()["subject"] == ref(source) and restored.json()["meta"]["versionId"] == "3"
+    assert b'"value":1.50' in restored.content

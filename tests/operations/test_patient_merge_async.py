@@ -12,6 +12,7 @@ from fhir_server.operations import patient_merge_job
 from fhir_server.settings import Settings
 from fhir_server.validation import validate_resource
 from tests.messaging.helpers import eventually, read
+from tests.operations.test_patient_merge import SCORE, precise
 
 
 def ref(patient_id: str) -> dict:
@@ -318,3 +319,28 @@ async def test_write_racing_a_merge_is_refused_not_missed(configured_client, dat
     assert written.status_code == 422 and f"Patient/{target}" in written.text
     if not respond_async:
         assert references_to(db, source) == 0
+
+
+async def test_background_merge_keeps_written_decimals(background_app, db) -> None:
+    """The result-patient waits in the job row (jsonb) and the referrers are rewritten by the worker: both keep
+    `1.50` as written."""
+    headers = {"Content-Type": "application/fhir+json"}
+    async with background_app() as (_, client):
+        client.base_url = "http://test/fhir"
+        source, target, _ = await pair_with_referrers(client, 0)
+        weight = await client.post("/Observation", headers=headers, content=precise(
+            {**observation(source), "valueQuantity": {"value": 12345.0, "unit": "kg"}}, "1.50"))
+        assert weight.status_code == 201, weight.text
+        result_patient = {"resourceType": "Patient", "id": target, "extension": [{"url": SCORE,
+                                                                                  "valueDecimal": 12345.0}],
+                          "link": [{"other": ref(source), "type": "replaces"}]}
+        parameters = {"resourceType": "Parameters", "parameter": [
+            {"name": "source-patient", "valueReference": ref(source)},
+            {"name": "target-patient", "valueReference": ref(target)},
+            {"name": "result-patient", "resource": result_patient}]}
+        task_id = task_id_of(await client.post("/Patient/$merge", content=precise(parameters, "2.50"),
+                                               headers={**headers, "Prefer": "respond-async"}))
+        await eventually(lambda: read(db, "Task", task_id)["status"] == "completed", seconds=20)
+        moved = await client.get(f"/Observation/{weight.json()['id']}")
+        assert moved.json()["subject"] == ref(target) and b'"value":1.50' in moved.content
+        assert b'"valueDecimal":2.50' in (await client.get(f"/Patient/{target}")).content
