@@ -1,6 +1,7 @@
 """_contained and _containedType through HTTP: contained resources searched, returned, kept in sync."""
 
 import httpx
+import orjson
 import psycopg
 
 from fhir_server.storage import repository
@@ -119,3 +120,13 @@ async def test_create_many_writes_contained_rows(aconn: psycopg.AsyncConnection,
                       "JOIN resource r ON r.id = t.resource_id WHERE t.contained_id IS NOT NULL "
                       "AND t.param IN ('_id', 'code') ORDER BY t.param").fetchall()
     assert rows == [("#Medication", "c1", "c1", "rx-a"), ("#Medication", "1000", "c1", "rx-a")]
+
+
+def test_contained_matches_keep_written_decimals(client: httpx.Client) -> None:
+    dose = {**medication("dose", "4000"), "amount": {"numerator": {"value": 12345.0}, "denominator": {"value": 1}}}
+    body = orjson.dumps(request("rx-3", dose)).replace(b"12345.0", b"1.50")
+    response = client.put("/MedicationRequest/rx-3", content=body, headers={"Content-Type": "application/fhir+json"})
+    assert response.status_code == 201, response.text
+    found = client.get("/Medication", params={"code": "4000", "_contained": "true", "_containedType": "contained"})
+    assert matches(found) == [("MedicationRequest/rx-3#dose", "Medication", "dose")]
+    assert b'"numerator":{"value":1.50}' in found.content
