@@ -1,13 +1,13 @@
 """Canonical references looked up by their URL: `_revinclude`, `_has` and chains find who names a resource.
 
 Revision ID: 0019
-Revises: 0014
+Revises: 0015
 """
 
 from alembic import op
 
 revision = "0019"
-down_revision = "0014"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
