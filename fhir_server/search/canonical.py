@@ -4,7 +4,7 @@ from collections.abc import Iterable
 
 from fhir_server.search.parameters import search_parameters
 
-# A canonical reference is indexed as its text (search_reference.target_url, migration 0019 indexes it); the
+# A canonical reference is indexed as its text (search_reference.target_url, migration 0016 indexes it); the
 # resource it names is found by its `url` row (search_uri) and, when the reference pins one, its `version` row
 # (search_token). Without a version it names every version held, as chains have always read it.
 

@@ -1,12 +1,12 @@
 """Canonical references looked up by their URL: `_revinclude`, `_has` and chains find who names a resource.
 
-Revision ID: 0019
+Revision ID: 0016
 Revises: 0015
 """
 
 from alembic import op
 
-revision = "0019"
+revision = "0016"
 down_revision = "0015"
 branch_labels = None
 depends_on = None
