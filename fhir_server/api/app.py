@@ -142,10 +142,17 @@ def _new_request(request: Request, path: str, settings: Settings, journal: Journ
     return req
 
 
-def _needs_transaction(req: FHIRRequest) -> bool:
-    """Whether the handler must run inside BEGIN ... COMMIT: every write, whose AuditEvent record commits with
-    it (audit/interceptor.py). Reads are single statements."""
-    return req.method not in ("GET", "HEAD")
+def _needs_transaction(req: FHIRRequest, handler: Handler) -> bool:
+    """Whether the handler must run inside BEGIN ... COMMIT. Reads are single statements; so is a plain create
+    (one INSERT with CTEs that also stores its audit record, storage/repository.py), atomic on its own in
+    autocommit mode, two round trips fewer on the hottest write. A create that must write more opens its
+    transaction itself (interactions/create.py, repository.create); an X-Provenance and a create confined to a
+    patient's compartment (checked after the write) need one too."""
+    if req.method in ("GET", "HEAD"):
+        return False
+    return not (handler is create.create and "if-none-exist" not in req.headers
+                and "x-provenance" not in req.headers
+                and (req.principal is None or not req.principal.token.patient))
 
 
 class FHIRApplication:
@@ -278,7 +285,7 @@ class FHIRApplication:
         while True:
             try:
                 async with self.pool.connection() as conn:
-                    if not _needs_transaction(req):
+                    if not _needs_transaction(req, handler):
                         return await run(conn, req)
                     async with conn.transaction():
                         return await run(conn, req)

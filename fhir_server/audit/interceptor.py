@@ -17,7 +17,8 @@ from fhir_server.audit.events import audit_event, resource_reference
 from fhir_server.audit.journal import Journal, insert
 from fhir_server.auth.scopes import AUDIT_TYPES
 from fhir_server.errors import FHIRError
-from fhir_server.request import FHIRRequest, Outcome
+from fhir_server.request import FHIRRequest, Outcome, resource_outcome
+from fhir_server.storage import repository
 
 WRITES = frozenset({"create", "update", "patch", "delete"})
 UNEXPECTED = "12"
@@ -63,6 +64,24 @@ async def _record(conn: AsyncConnection, req: FHIRRequest, context: AuditContext
         await insert(conn, [event])  # no journal (a command-line import): straight to the table
 
 
+def _write_record(req: FHIRRequest, kind: str, query: list[tuple[str, str]], context: AuditContext
+                  ) -> repository.AuditRecord | None:
+    """The record of a write's success, for the write statement to carry (storage/repository.py): the same
+    AuditEvent as the one built from the outcome, whose version it knows before the handler returns."""
+    if kind not in WRITES or req.resource_type is None or req.operation is not None \
+            or (kind == "delete" and req.id is None):
+        return None
+
+    def event(stored: repository.StoredResource, created: bool) -> tuple[str, bytes]:
+        if stored.deleted:
+            outcome = Outcome(204, etag=stored.etag, last_modified=stored.last_updated)
+        else:
+            outcome = resource_outcome(201 if created else 200, stored, req.base_url, location=True)
+        return audit_event(req, kind, query, context.address, outcome.status, outcome)
+
+    return repository.AuditRecord(req.resource_type, req.id, event)
+
+
 async def audited(conn: AsyncConnection, req: FHIRRequest, kind: str,
                   run: Callable[[], Awaitable[Outcome]]) -> Outcome:
     """Run the interaction `kind` of `req` (authorization and handler: `run`) and audit it."""
@@ -74,7 +93,12 @@ async def audited(conn: AsyncConnection, req: FHIRRequest, kind: str,
         _check_access(req, kind)
         header = req.header(provenance.HEADER) if req.method in ("POST", "PUT", "PATCH", "DELETE") else None
         claimed = provenance.from_header(header) if header else None
-        outcome = await run()
+        record = _write_record(req, kind, query, context)
+        riding = repository.audit_record.set(record)
+        try:
+            outcome = await run()
+        finally:
+            repository.audit_record.reset(riding)
         if kind in WRITES and outcome.status < 300:
             written = resource_reference(req, outcome)
             if written is not None and "/_history/" in written:
@@ -90,6 +114,10 @@ async def audited(conn: AsyncConnection, req: FHIRRequest, kind: str,
         await _record(conn, req, context, audit_event(req, kind, query, context.address, 500, None,
                                                       type(error).__name__, UNEXPECTED), False)
         raise
-    await _record(conn, req, context, audit_event(req, kind, query, context.address, outcome.status, outcome),
-                  True)
+    if record is not None and record.written:
+        if context.journal is not None:
+            context.journal.recorded += 1
+    else:
+        await _record(conn, req, context, audit_event(req, kind, query, context.address, outcome.status, outcome),
+                      True)
     return outcome

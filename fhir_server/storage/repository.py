@@ -1,5 +1,7 @@
 """The resource repository: current rows, every version, and the search-index rows, written together."""
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -43,22 +45,30 @@ _INSERT_INDEX_CTES = ", ".join(
     f"FROM w, json_array_elements(%({table})s::json) AS e)"
     for table, columns in INDEX_TABLES.items()
 )
-_INSERT_SQL = (
-    "WITH w AS (INSERT INTO resource (resource_type, fhir_id, version_id, last_updated, content) "
+# The audit_log record of the interaction (see `AuditRecord`) rides the write as one more CTE: written only
+# if `w` wrote, and committed (or not) with it, without a round trip of its own.
+_AUDIT_CTE = "a AS (INSERT INTO audit_log (id, event) SELECT %(audit_id)s::uuid, %(audit_event)s::bytea FROM w)"
+
+
+def _statements(write: str, ctes: str) -> tuple[str, str]:
+    """The write statement (CTE `w`, then `ctes`), without and with the audit record."""
+    return (f"WITH w AS ({write} RETURNING id), {ctes} SELECT id FROM w",
+            f"WITH w AS ({write} RETURNING id), {ctes}, {_AUDIT_CTE} SELECT id FROM w")
+
+
+_INSERT_SQL = _statements(
+    "INSERT INTO resource (resource_type, fhir_id, version_id, last_updated, content) "
     "VALUES (%(resource_type)s, %(fhir_id)s, %(version_id)s, %(last_updated)s, %(content)s) "
-    "ON CONFLICT (resource_type, fhir_id) DO NOTHING RETURNING id), "
-    f"{_VERSION_CTE}, {_INSERT_INDEX_CTES} SELECT id FROM w"
-)
-_UPDATE_SQL = (
-    "WITH w AS (UPDATE resource SET version_id = %(version_id)s, last_updated = %(last_updated)s, deleted = false, "
-    "content = %(content)s WHERE id = %(pk)s RETURNING id), "
-    f"{_VERSION_CTE}, {_DELETE_INDEX_CTES}, {_INSERT_INDEX_CTES} SELECT id FROM w"
-)
-_DELETE_SQL = (
-    "WITH w AS (UPDATE resource SET version_id = %(version_id)s, last_updated = %(last_updated)s, deleted = true, "
-    "content = NULL WHERE id = %(pk)s RETURNING id), "
-    f"{_VERSION_CTE}, {_DELETE_INDEX_CTES} SELECT id FROM w"
-)
+    "ON CONFLICT (resource_type, fhir_id) DO NOTHING",
+    f"{_VERSION_CTE}, {_INSERT_INDEX_CTES}")
+_UPDATE_SQL = _statements(
+    "UPDATE resource SET version_id = %(version_id)s, last_updated = %(last_updated)s, deleted = false, "
+    "content = %(content)s WHERE id = %(pk)s",
+    f"{_VERSION_CTE}, {_DELETE_INDEX_CTES}, {_INSERT_INDEX_CTES}")
+_DELETE_SQL = _statements(
+    "UPDATE resource SET version_id = %(version_id)s, last_updated = %(last_updated)s, deleted = true, "
+    "content = NULL WHERE id = %(pk)s",
+    f"{_VERSION_CTE}, {_DELETE_INDEX_CTES}")
 
 # Many new resources of one type in one statement: the resource rows (ids and contents as arrays), their
 # versions, and the index rows, each index row led by the fhir_id it belongs to.
@@ -102,6 +112,29 @@ class StoredResource:
 
     def json(self) -> dict[str, Any]:
         return json_numbers.loads(self.content) if self.content else {}
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    """The audit_log record of a write interaction, built from the version it writes (`event(stored, created)`
+    gives the record's id and AuditEvent JSON).
+
+    The audit interceptor sets one in `audit_record` around a write; the interaction's first write of
+    `resource_type` (and `fhir_id`, when the request names it) stores it in its own statement, so a plain
+    create is one round trip in autocommit and still cannot commit without its audit record.
+    """
+
+    resource_type: str
+    fhir_id: str | None
+    event: Callable[[StoredResource, bool], tuple[str, bytes]]
+    written: bool = False
+
+    def takes(self, stored: StoredResource) -> bool:
+        return not self.written and stored.resource_type == self.resource_type \
+            and self.fhir_id in (None, stored.fhir_id)
+
+
+audit_record: ContextVar[AuditRecord | None] = ContextVar("audit_record", default=None)
 
 
 def _now() -> datetime:
@@ -166,9 +199,10 @@ async def vread(conn: AsyncConnection, resource_type: str, fhir_id: str, version
     return StoredResource(row[0], resource_type, fhir_id, version_id, row[1], row[2] is None, row[2])
 
 
-async def _write(conn: AsyncConnection, sql: str, stored: StoredResource, method: str,
-                 resource: dict[str, Any] | None, base_url: str | None = None) -> int | None:
-    """Run one write statement for `stored`; returns the resource row id, None if nothing was written."""
+async def _write(conn: AsyncConnection, statements: tuple[str, str], stored: StoredResource, method: str,
+                 resource: dict[str, Any] | None, base_url: str | None = None, created: bool = False) -> int | None:
+    """Run the write statement (`_statements`) for `stored`, with the interaction's audit record if it is
+    the write that record is waiting for; returns the resource row id, None if nothing was written."""
     params: dict[str, Any] = {
         "pk": stored.pk, "resource_type": stored.resource_type, "fhir_id": stored.fhir_id,
         "version_id": stored.version_id, "last_updated": stored.last_updated, "method": method,
@@ -177,8 +211,16 @@ async def _write(conn: AsyncConnection, sql: str, stored: StoredResource, method
     if resource is not None:
         for table, rows in storage_rows(resource, base_url).items():
             params[table] = orjson.dumps(rows, default=str).decode()
-    row = await (await conn.execute(sql, params, prepare=True)).fetchone()
-    return row[0] if row else None
+    record = audit_record.get()
+    audited = record is not None and record.takes(stored)
+    if audited:
+        params["audit_id"], params["audit_event"] = record.event(stored, created)
+    row = await (await conn.execute(statements[audited], params, prepare=True)).fetchone()
+    if row is None:
+        return None
+    if audited:
+        record.written = True
+    return row[0]
 
 
 async def _after_write(conn: AsyncConnection, resource_type: str, fhir_id: str, resource: dict[str, Any] | None,
@@ -195,7 +237,7 @@ async def _insert(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str,
     moment = _now()
     stored = StoredResource(0, resource["resourceType"], fhir_id, 1, moment, False,
                             _stamp(resource, fhir_id, 1, moment))
-    pk = await _write(conn, _INSERT_SQL, stored, method, resource, base_url)
+    pk = await _write(conn, _INSERT_SQL, stored, method, resource, base_url, created=True)
     if pk is None:
         return None
     stored.pk = pk
@@ -279,7 +321,7 @@ async def update(conn: AsyncConnection, resource: dict[str, Any], fhir_id: str, 
     version_id = current.version_id + 1
     stored = StoredResource(current.pk, resource_type, fhir_id, version_id, moment, False,
                             _stamp(resource, fhir_id, version_id, moment))
-    await _write(conn, _UPDATE_SQL, stored, method, resource, base_url)
+    await _write(conn, _UPDATE_SQL, stored, method, resource, base_url, created=current.deleted)
     await _after_write(conn, resource_type, fhir_id, resource, current)
     return stored, current.deleted
 
