@@ -192,7 +192,7 @@ class FHIRApplication:
                                self.settings.audit_flush_seconds)
         await self.journal.start()
         if in_process(self.settings):  # the embedded default: this process also relays and delivers
-            self.background = BackgroundWork(self.settings, self.pool, self.journal.busy)
+            self.background = BackgroundWork(self.settings, self.pool, self.journal)
             await self.background.start()
         yield
         if self.background is not None:

@@ -20,7 +20,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from psycopg_pool import AsyncConnectionPool
 
-from fhir_server.audit.materialize import materialize_forever
+from fhir_server.audit.materialize import Activity, materialize_forever
 from fhir_server.settings import Settings
 from fhir_server.storage import tenants
 from fhir_server.storage.database import TenantPool
@@ -157,12 +157,11 @@ async def relay_forever(runtime: Runtime, broker: Broker) -> None:
 class BackgroundWork:
     """The relay and a Dramatiq worker inside the current process, started and stopped on its event loop."""
 
-    def __init__(self, settings: Settings, pool: AsyncConnectionPool, busy: Callable[[], bool] = lambda: False
-                 ) -> None:
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool, activity: Activity | None = None) -> None:
         self.settings = settings
         self.pool = pool
-        self.busy = busy
-        """Whether the process is serving requests (audit/materialize.py then waits)."""
+        self.activity = activity
+        """How busy the process is serving requests (audit/materialize.py then waits)."""
         self.broker: Broker | None = None
         self.worker: Worker | None = None
         self.relay: asyncio.Task | None = None
@@ -175,7 +174,8 @@ class BackgroundWork:
         self.worker = Worker(self.broker, worker_threads=self.settings.worker_threads, worker_timeout=100)
         self.worker.start()
         self.relay = asyncio.create_task(relay_forever(runtime, self.broker), name="outbox-relay")
-        self.audit = asyncio.create_task(materialize_forever(self.pool, self.settings.audit_flush_seconds, self.busy),
+        self.audit = asyncio.create_task(materialize_forever(self.pool, self.settings.audit_flush_seconds,
+                                                             self.activity),
                                          name="audit-events")
 
     async def stop(self) -> None:
