@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 FHIRCLIENT_VERSION := 2.6.3
 FHIRCLIENT := tests/auth/smart_app/fhir-client.js
 
-.PHONY: install run test bench bench-search clean
+.PHONY: install run test bench bench-search bench-cpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench: install
 
 bench-search: install
 	$(BIN)/python -m bench.search_scale
+
+bench-cpu: install
+	$(BIN)/python -m bench.cpu
 
 clean:
 	rm -rf $(VENV) .fhir-data
