@@ -96,5 +96,6 @@ async def test_records_of_other_processes_are_picked_up_while_idle(audited_clien
         [found] = await wait_for_events(client, "entity=Patient/elsewhere")
         assert found["id"] == event_id
         assert len(await wait_for_events(client, f"entity=Patient/{known}")) == 1
-        left = await aconn.execute("SELECT count(*) FROM audit_log WHERE id = ANY(%s::uuid[])", ([event_id, stored["id"]],))
+        left = await aconn.execute("SELECT count(*) FROM audit_log WHERE id = ANY(%s::uuid[])",
+                                   ([event_id, stored["id"]],))
         assert (await left.fetchone())[0] == 0
