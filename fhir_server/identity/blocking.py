@@ -1,9 +1,13 @@
-"""Candidate Patients for $match: a few indexed blocking queries over the search-index tables, never a scan.
+"""Candidate Patients for $match: indexed blocking queries over the search-index tables, in one statement.
 
 A candidate shares at least one blocking key with the query Patient: an identifier, a phone number (last
-nine digits), an email, a birth date (as given, with day and month swapped, or a year off), or a family
-name that sounds alike (double metaphone) together with a given name of the same initial (either way
-round, for swapped names). The expressions match the partial indexes of migration 0003.
+nine digits), an email, or a birth date (as given, with day and month swapped, or a year off). Or it has a
+family name that sounds alike (double metaphone) together with a given name of one of the query's initials
+(nicknames' included; either way round, for swapped names) and a birth date that is near the query's (any of
+the above, or one digit off) or unknown. That last condition is what keeps a common surname's block small,
+and it loses nothing: by the weights of `match_rules`, a birth date that disagrees keeps a candidate below
+`possible` unless it shares an identifier, phone or email, which have blocks of their own (a test checks
+this against the configuration). The expressions match the partial indexes of migration 0003.
 """
 
 from dataclasses import dataclass
@@ -13,7 +17,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from fhir_server.identity import match_rules as rules
-from fhir_server.identity.matching import Features
+from fhir_server.identity.matching import Features, nickname_forms
 from fhir_server.search.values import normalize_string
 
 
@@ -24,8 +28,13 @@ class Candidate:
     content: bytes
 
 
-def _birth_dates(birth: date) -> list[datetime]:
-    """The birth date and its likely mistypings, as the UTC midnights the date index stores."""
+def _midnights(dates: set[date]) -> list[datetime]:
+    """The dates as the UTC midnights the date index stores."""
+    return [datetime(d.year, d.month, d.day, tzinfo=timezone.utc) for d in sorted(dates)]
+
+
+def _mistyped_birth_dates(birth: date) -> set[date]:
+    """The birth date and its likely mistypings: day and month swapped, the year off by one."""
     dates = {birth}
     if birth.day <= 12 and birth.day != birth.month:
         dates.add(birth.replace(month=birth.day, day=birth.month))
@@ -34,7 +43,54 @@ def _birth_dates(birth: date) -> list[datetime]:
             dates.add(birth.replace(year=year))
         except ValueError:  # 29 February
             pass
-    return [datetime(d.year, d.month, d.day, tzinfo=timezone.utc) for d in sorted(dates)]
+    return dates
+
+
+def _near_birth_dates(birth: date) -> set[date]:
+    """The mistypings, and every real date written with one digit (of YYYYMMDD) different."""
+    dates = _mistyped_birth_dates(birth)
+    digits = birth.strftime("%Y%m%d")
+    for position, original in enumerate(digits):
+        for digit in "0123456789".replace(original, ""):
+            typed = digits[:position] + digit + digits[position + 1:]
+            try:
+                dates.add(date(int(typed[:4]), int(typed[4:6]), int(typed[6:])))
+            except ValueError:
+                pass
+    return dates
+
+
+def _name_block(query: Features, raw_names: tuple[list[str], list[str]]) -> tuple[str, list[Any]] | None:
+    """Alike family names, then (each checked per candidate, so the plan never reads a whole index) a birth
+    date near the query's or none, and a given name of one of the query's initials. Exact family names come
+    first when the block is cut at BLOCK_LIMIT."""
+    families, givens = raw_names
+    if not families or not (givens or query.birth_date):
+        return None
+    # Family sounds like the query's family (or, swapped, its given name).
+    sounds = sorted({normalize_string(name) for name in families + givens[:1]})
+    sql = ("SELECT n.resource_id FROM (SELECT DISTINCT f.resource_id, f.value FROM unnest(%s::text[]) AS q(name) "
+           "JOIN search_string f ON dmetaphone(f.value) = dmetaphone(q.name) "
+           "AND f.resource_type = 'Patient' AND f.param = 'family' OFFSET 0) n")
+    args: list[Any] = [sounds]
+    if query.birth_date:
+        # A full birth date that is not near; a partial one compares as unknown, as in matching.
+        sql += (" LEFT JOIN LATERAL (SELECT 1 FROM search_date d WHERE d.resource_id = n.resource_id "
+                "AND d.resource_type = 'Patient' AND d.param = 'birthdate' AND d.high < d.low + interval '1 day' "
+                "AND d.low <> ALL(%s) LIMIT 1) far ON true")
+        args.append(_midnights(_near_birth_dates(query.birth_date)))
+    if givens:
+        # Given name with an initial of the query's given names, their nicknames, or (swapped) family names.
+        initials = sorted({normalize_string(name)[:1] for name in givens + families}
+                          | {form[0] for given in query.givens for form in nickname_forms(given)})
+        sql += (" CROSS JOIN LATERAL (SELECT 1 FROM search_string g WHERE g.resource_id = n.resource_id "
+                "AND g.resource_type = 'Patient' AND g.param = 'given' AND left(g.value, 1) = ANY(%s) LIMIT 1) g")
+        args.append(initials)
+    if query.birth_date:
+        sql += " WHERE far IS NULL"
+    sql += " ORDER BY n.value = ANY(%s) DESC LIMIT %s"
+    args += [sorted({normalize_string(name) for name in families}), rules.BLOCK_LIMIT]
+    return sql, args
 
 
 def _blocks(query: Features, raw_names: tuple[list[str], list[str]]) -> tuple[list[str], list[Any]]:
@@ -61,19 +117,11 @@ def _blocks(query: Features, raw_names: tuple[list[str], list[str]]) -> tuple[li
     if query.birth_date:
         blocks.append("SELECT resource_id FROM search_date WHERE resource_type = 'Patient' AND param = 'birthdate' "
                       "AND low = ANY(%s) LIMIT %s")
-        args += [_birth_dates(query.birth_date), limit]
-    families, givens = raw_names
-    if families and givens:
-        # Family sounds like the query's family (or, swapped, its given name), given name has an initial of
-        # the query's given (or family) names.
-        sounds = sorted({normalize_string(name) for name in families + givens[:1]})
-        initials = sorted({normalize_string(name)[:1] for name in givens + families if name})
-        blocks.append("SELECT f.resource_id FROM search_string f WHERE f.resource_type = 'Patient' "
-                      "AND f.param = 'family' AND dmetaphone(f.value) = ANY(ARRAY(SELECT dmetaphone(x) "
-                      "FROM unnest(%s::text[]) AS x)) AND EXISTS (SELECT 1 FROM search_string g "
-                      "WHERE g.resource_id = f.resource_id AND g.resource_type = 'Patient' AND g.param = 'given' "
-                      "AND left(g.value, 1) = ANY(%s)) LIMIT %s")
-        args += [sounds, initials, limit]
+        args += [_midnights(_mistyped_birth_dates(query.birth_date)), limit]
+    names = _name_block(query, raw_names)
+    if names:
+        blocks.append(names[0])
+        args += names[1]
     return blocks, args
 
 

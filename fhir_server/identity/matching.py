@@ -28,6 +28,11 @@ _STREET_WORDS = {"street": "st", "road": "rd", "avenue": "ave", "av": "ave", "dr
                  "north": "n", "south": "s", "east": "e", "west": "w", "strasse": "str", "straße": "str"}
 
 
+def nickname_forms(name: str) -> set[str]:
+    """Every name that stands for `name` (a `name_key`) in the nickname groups; none if it is in no group."""
+    return {form for index in _NICKNAME_GROUPS.get(name, ()) for form in rules.NICKNAMES[index]}
+
+
 def name_key(value: str) -> str:
     """A name compared as letters only: no case, accents, spaces, hyphens or apostrophes."""
     decomposed = unicodedata.normalize("NFKD", value)
@@ -90,17 +95,42 @@ class Features:
     """(street line key, postal code) pairs."""
 
 
-def features(patient: dict[str, Any]) -> Features:
+def features(patient: dict[str, Any], like: Features | None = None) -> Features:
+    """The features of `patient`; with `like` (the query of a comparison) only those `like` has too, since a
+    field missing on either side is not compared (phone numbers, the costliest to normalize, in particular)."""
     mrn_system = get_settings().mrn_system
     found = Features()
-    for identifier in patient.get("identifier") or []:
-        if not isinstance(identifier, dict) or not identifier.get("value"):
-            continue
-        system, value = identifier.get("system") or "", str(identifier["value"])
-        found.identifiers.add((system, value))
-        if system and system != mrn_system and identifier.get("use") != "old":
-            found.current_identifier_systems.setdefault(system, set()).add(value)
-    for name in patient.get("name") or []:
+    if like is None or like.identifiers:
+        for identifier in patient.get("identifier") or []:
+            if not isinstance(identifier, dict) or not identifier.get("value"):
+                continue
+            system, value = identifier.get("system") or "", str(identifier["value"])
+            found.identifiers.add((system, value))
+            if system and system != mrn_system and identifier.get("use") != "old":
+                found.current_identifier_systems.setdefault(system, set()).add(value)
+    if like is None or like.families or like.givens:
+        _names(found, patient.get("name") or [])
+    if like is None or like.birth_date:
+        found.birth_date = _birth_date(patient.get("birthDate"))
+    if patient.get("gender") in ("male", "female") and (like is None or like.gender):
+        found.gender = patient["gender"]
+    if like is None or like.phones or like.emails:
+        for telecom in patient.get("telecom") or []:
+            if not isinstance(telecom, dict) or not isinstance(telecom.get("value"), str):
+                continue
+            if telecom.get("system") == "phone" and (like is None or like.phones):
+                key = phone_key(telecom["value"])
+                if key:
+                    found.phones.add(key)
+            elif telecom.get("system") == "email":
+                found.emails.add(telecom["value"].strip().lower())
+    if like is None or like.postal_codes:
+        _addresses(found, patient.get("address") or [])
+    return found
+
+
+def _names(found: Features, names: list[Any]) -> None:
+    for name in names:
         if not isinstance(name, dict) or name.get("use") in ("old", "anonymous"):
             continue
         family = name_key(name.get("family") or "")
@@ -110,19 +140,10 @@ def features(patient: dict[str, Any]) -> Features:
             key = name_key(given) if isinstance(given, str) else ""
             if key and key not in found.givens:
                 found.givens.append(key)
-    found.birth_date = _birth_date(patient.get("birthDate"))
-    if patient.get("gender") in ("male", "female"):
-        found.gender = patient["gender"]
-    for telecom in patient.get("telecom") or []:
-        if not isinstance(telecom, dict) or not isinstance(telecom.get("value"), str):
-            continue
-        if telecom.get("system") == "phone":
-            key = phone_key(telecom["value"])
-            if key:
-                found.phones.add(key)
-        elif telecom.get("system") == "email":
-            found.emails.add(telecom["value"].strip().lower())
-    for address in patient.get("address") or []:
+
+
+def _addresses(found: Features, addresses: list[Any]) -> None:
+    for address in addresses:
         if not isinstance(address, dict):
             continue
         postal = postal_key(address.get("postalCode") or "")
@@ -131,7 +152,6 @@ def features(patient: dict[str, Any]) -> Features:
             line = _address_line_key([line for line in address.get("line") or [] if isinstance(line, str)])
             if line:
                 found.addresses.add((line, postal))
-    return found
 
 
 @lru_cache(maxsize=8192)

@@ -86,7 +86,7 @@ async def match(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
                                       limit=get_settings().match_max_candidates)
     results = []
     for candidate in found:
-        result = matching.compare(query, matching.features(orjson.loads(candidate.content)))
+        result = matching.compare(query, matching.features(orjson.loads(candidate.content), like=query))
         if result.grade == "none" or (only_certain and result.grade != "certain"):
             continue
         results.append((candidate, result))
