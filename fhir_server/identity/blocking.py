@@ -62,8 +62,8 @@ def _near_birth_dates(birth: date) -> set[date]:
 
 def _name_block(query: Features, raw_names: tuple[list[str], list[str]]) -> tuple[str, list[Any]] | None:
     """Alike family names, then (each checked per candidate, so the plan never reads a whole index) a birth
-    date near the query's or none, and a given name of one of the query's initials. Exact family names come
-    first when the block is cut at BLOCK_LIMIT."""
+    date near the query's or none, and a given name of one of the query's initials. When the block is cut at
+    BLOCK_LIMIT (a common name without a birth date), the same family, then the same given name, come first."""
     families, givens = raw_names
     if not families or not (givens or query.birth_date):
         return None
@@ -79,18 +79,21 @@ def _name_block(query: Features, raw_names: tuple[list[str], list[str]]) -> tupl
                 "AND d.resource_type = 'Patient' AND d.param = 'birthdate' AND d.high < d.low + interval '1 day' "
                 "AND d.low <> ALL(%s) LIMIT 1) far ON true")
         args.append(_midnights(_near_birth_dates(query.birth_date)))
+    order = "n.value = ANY(%s) DESC"
+    order_args: list[Any] = [sorted({normalize_string(name) for name in families})]
     if givens:
-        # Given name with an initial of the query's given names, their nicknames, or (swapped) family names.
+        # Given name with an initial of the query's given names, their nicknames, or (swapped) family names;
+        # the same given name first.
         initials = sorted({normalize_string(name)[:1] for name in givens + families}
                           | {form[0] for given in query.givens for form in nickname_forms(given)})
-        sql += (" CROSS JOIN LATERAL (SELECT 1 FROM search_string g WHERE g.resource_id = n.resource_id "
-                "AND g.resource_type = 'Patient' AND g.param = 'given' AND left(g.value, 1) = ANY(%s) LIMIT 1) g")
-        args.append(initials)
+        sql += (" CROSS JOIN LATERAL (SELECT g.value = ANY(%s) AS same FROM search_string g "
+                "WHERE g.resource_id = n.resource_id AND g.resource_type = 'Patient' AND g.param = 'given' "
+                "AND left(g.value, 1) = ANY(%s) ORDER BY 1 DESC LIMIT 1) g")
+        args += [sorted({normalize_string(name) for name in givens}), initials]
+        order += ", g.same DESC"
     if query.birth_date:
         sql += " WHERE far IS NULL"
-    sql += " ORDER BY n.value = ANY(%s) DESC LIMIT %s"
-    args += [sorted({normalize_string(name) for name in families}), rules.BLOCK_LIMIT]
-    return sql, args
+    return f"{sql} ORDER BY {order} LIMIT %s", [*args, *order_args, rules.BLOCK_LIMIT]
 
 
 def _blocks(query: Features, raw_names: tuple[list[str], list[str]]) -> tuple[list[str], list[Any]]:

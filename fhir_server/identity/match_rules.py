@@ -21,6 +21,10 @@ name, birth date, address and phone, and differ only in given name.
 
 PRIOR = -8.0
 
+# Blocking (identity/blocking.py) leaves out the namesakes whose birth date disagrees, unless they share an
+# identifier, phone or email: so `birthDate.disagree` must keep any agreement of names, gender and address
+# below `possible` (a test in tests/operations/test_patient_match.py checks it).
+
 # Field → agreement level → log2 likelihood ratio. `disagree` applies when both sides have the field
 # and no better level holds.
 WEIGHTS: dict[str, dict[str, float]] = {

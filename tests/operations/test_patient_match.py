@@ -1,7 +1,13 @@
 """Patient/$match: golden cases of tricky duplicates, graded and explained, and the instance-level GET."""
 
+import random
+from datetime import date, timedelta
+
 import httpx
 import pytest
+
+from fhir_server.identity import match_rules as rules
+from fhir_server.identity import matching
 
 SSN = "http://hl7.org/fhir/sid/us-ssn"
 
@@ -135,3 +141,77 @@ def test_match_needs_a_patient(client: httpx.Client) -> None:
     empty = client.post("/Patient/$match", json={"resourceType": "Parameters", "parameter": []})
     assert empty.status_code == 400
     assert client.post("/Observation/$match", json={"resourceType": "Parameters"}).status_code == 404
+
+
+# A surname shared by hundreds: three hundred Müllers, all with a given name of the duplicate's initial (sixty
+# of them José, like the duplicate) and birth dates nowhere near its own, stored before it.
+CROWD_SIZE = 300
+DUPLICATE = patient("Müller", "José", "1990-07-21", gender="male", telecom=phone("+1 617 555 0142"))
+
+
+def crowd_member(n: int, rng: random.Random) -> dict:
+    while True:
+        birth = date(1930, 1, 1) + timedelta(days=rng.randrange(80 * 365))
+        if matching.compare(matching.features(patient("Müller", "José", birth.isoformat())),
+                            matching.features(DUPLICATE)).levels["birthDate"] == "disagree":
+            break
+    given = ("José", "Jürgen", "Johanna", "Jonas", "Julia")[n % 5]
+    return patient("Müller", given, birth.isoformat(), gender=("male", "female")[n % 2])
+
+
+@pytest.fixture
+def crowd(client: httpx.Client) -> dict[str, dict]:
+    """The stored crowd and, last, its duplicate: Patient id → body."""
+    rng = random.Random(5)
+    bodies = [crowd_member(n, rng) for n in range(CROWD_SIZE)] + [DUPLICATE]
+    response = client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": body, "request": {"method": "POST", "url": "Patient"}} for body in bodies]})
+    assert response.status_code == 200, response.text
+    ids = [entry["response"]["location"].split("Patient/")[1].split("/")[0] for entry in response.json()["entry"]]
+    return dict(zip(ids, bodies))
+
+
+# (name, query Patient, grade of the duplicate): typed at a desk, with the mistakes people make.
+COMMON_SURNAME = [
+    ("one digit off in the birth date", patient("MULLER", "Jose", "1990-07-24", gender="male"), "probable"),
+    ("nickname and one digit off", patient("Müller", "Pepe", "1990-07-28", gender="male"), "probable"),
+    ("transposed letters in the family name", patient("Mülelr", "José", "1990-07-21", gender="male"), "probable"),
+    ("accents left out, same phone", patient("MULLER", "JOSE", "1990-07-21", gender="male",
+                                             telecom=phone("(617) 555-0142")), "certain"),
+    ("spelt as it sounds, one digit off", patient("Mueller", "José", "1990-07-20", gender="male"), "possible"),
+]
+
+
+@pytest.mark.parametrize("name, query, expected_grade", COMMON_SURNAME, ids=[case[0] for case in COMMON_SURNAME])
+def test_duplicate_with_a_common_surname(client: httpx.Client, crowd: dict[str, dict], name, query,
+                                         expected_grade) -> None:
+    entries = run_match(client, query)["entry"]
+    duplicate_id = list(crowd)[-1]
+    assert entries[0]["resource"]["id"] == duplicate_id
+    assert grade(entries[0]) == expected_grade
+    # The namesakes born on other days are not offered as duplicates.
+    assert [entry["resource"]["id"] for entry in entries if grade(entry) != "certainly-not"] == [duplicate_id]
+
+
+@pytest.mark.parametrize("query", [query for _, query, _ in COMMON_SURNAME] + [patient("Müller", "José")],
+                         ids=[case[0] for case in COMMON_SURNAME] + ["name only"])
+def test_blocking_loses_no_match_in_a_crowd(client: httpx.Client, crowd: dict[str, dict], query: dict) -> None:
+    """$match returns every stored Patient that scoring them all would grade, with that grade."""
+    wanted = matching.features(query)
+    expected = {fhir_id: result.grade for fhir_id, body in crowd.items()
+                if (result := matching.compare(wanted, matching.features(body))).grade != "none"}
+    assert 0 < len(expected) <= 100
+    entries = run_match(client, query, count=100)["entry"]
+    assert {entry["resource"]["id"]: grade(entry) for entry in entries} == expected
+
+
+def test_a_far_birth_date_rules_out_a_candidate_without_shared_contact() -> None:
+    """Blocking keeps a surname's block small by leaving out birth dates that disagree: by the configured
+    weights, no agreement of names, gender and address lifts such a candidate to `possible`."""
+    weights = rules.WEIGHTS
+    best = (rules.PRIOR + weights["birthDate"]["disagree"] + max(weights["gender"].values())
+            + max(weights["address"].values()) + max(max(weights["family"].values()) + max(weights["given"].values()),
+                                                     weights["name"]["swapped"]))
+    assert 1 / (1 + 2 ** -best) < rules.THRESHOLDS["possible"]
+    assert all(weight <= 0 for field in ("phone", "email") for level, weight in weights[field].items()
+               if level != "exact")
