@@ -67,7 +67,9 @@ def _name_block(query: Features, raw_names: tuple[list[str], list[str]]) -> tupl
     families, givens = raw_names
     if not families or not (givens or query.birth_date):
         return None
-    # Family sounds like the query's family (or, swapped, its given name).
+    # Family sounds like the query's family (or, swapped, its given name). Joined to the names, the sounds
+    # are index keys even though dmetaphone() of them is computed in SQL; OFFSET 0 keeps the planner from
+    # folding the subquery into the ORDER BY, which made it read every family name of the index in order.
     sounds = sorted({normalize_string(name) for name in families + givens[:1]})
     sql = ("SELECT n.resource_id FROM (SELECT DISTINCT f.resource_id, f.value FROM unnest(%s::text[]) AS q(name) "
            "JOIN search_string f ON dmetaphone(f.value) = dmetaphone(q.name) "
