@@ -187,7 +187,7 @@ async def test_sorted_paging_to_page_50_reads_no_table_whole(aconn, db, populati
     assert seen == expected()[:50]
     assert await scans_without_index(aconn, statements) == []
     # The page starts where the last one ended, in an index that holds the first key's order (migrations
-    # 0011 and 0016): the walk stops after one page, however many resources match.
+    # 0011 and 0017): the walk stops after one page, however many resources match.
     if index is not None:
         assert index in index_names((await plans(aconn, statements))[0])
 
