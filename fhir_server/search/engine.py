@@ -495,24 +495,19 @@ async def _page_rows(conn: psycopg.AsyncConnection, condition: Condition, sorts:
     """
     if count == 0:
         return [], False
-    if len(sorts) == 1 and sorts[0].code not in _NEVER_MISSING and resource_type is not None:
-        return await _page_rows_in_key_order(conn, condition, sorts[0], resource_type, position, count)
+    if position is not None and len(position.keys) != len(sorts):
+        raise FHIRError.of(400, "invalid", "The page token does not fit this search", page.PAGE_TOKEN)
+    if sorts and sorts[0].code not in _NEVER_MISSING and resource_type is not None:
+        return await _page_rows_in_key_order(conn, condition, sorts, resource_type, snapshot, position, count)
     forward = position is None or position.forward
-    order = []
-    for index, sort in enumerate(sorts):
-        ascending = (not sort.descending) == forward
-        if sort.code not in _NEVER_MISSING:  # left out for those, so that an index can give the order
-            order.append(f"(q.k{index} IS NULL) {'ASC' if forward else 'DESC'}")
-        order.append(f"q.k{index} {'ASC' if ascending else 'DESC'}")
     # Ties break on resource.id, in the direction of the last key (ascending without keys).
     id_ascending = (not sorts or not sorts[-1].descending) == forward
-    order.append(f"q.id {'ASC' if id_ascending else 'DESC'}")
+    order = [*_key_order(sorts, 0, forward), f"q.id {'ASC' if id_ascending else 'DESC'}"]
     filters, filter_args = ["true"], []
     if position is not None:
         keyset, filter_args = _keyset(sorts, position, forward, id_ascending)
         filters = [keyset]
-    # A resource created after the snapshot has no `_lastUpdated` key: it is not part of this search.
-    filters += [f"q.k{index} IS NOT NULL" for index, sort in enumerate(sorts) if sort.code == _LAST_UPDATED]
+    filters += _snapshot_filters(sorts)
     key_names = "".join(f", q.k{index}" for index in range(len(sorts)))
     ordered = f"ORDER BY {', '.join(order)} LIMIT %s"
     pages, args = [], []
@@ -531,6 +526,22 @@ async def _page_rows(conn: psycopg.AsyncConnection, condition: Condition, sorts:
     return rows, more
 
 
+def _key_order(sorts: list[Sort], start: int, forward: bool) -> list[str]:
+    """ORDER BY items, in fetch order, of the keys from `start` on: a missing key sorts last in page order."""
+    order = []
+    for index, sort in enumerate(sorts[start:], start):
+        ascending = (not sort.descending) == forward
+        if sort.code not in _NEVER_MISSING:  # left out for those, so that an index can give the order
+            order.append(f"(q.k{index} IS NULL) {'ASC' if forward else 'DESC'}")
+        order.append(f"q.k{index} {'ASC' if ascending else 'DESC'}")
+    return order
+
+
+def _snapshot_filters(sorts: list[Sort]) -> list[str]:
+    """A resource created after the snapshot has no `_lastUpdated` key: it is not part of this search."""
+    return [f"q.k{index} IS NOT NULL" for index, sort in enumerate(sorts) if sort.code == _LAST_UPDATED]
+
+
 async def _with_contents(conn: psycopg.AsyncConnection, sql: str, args: list[Any]) -> list[tuple]:
     """Run `sql`, a page of (id, resource_type, fhir_id, key...) rows in page order, and return them as
     (id, resource_type, fhir_id, content, key...), in the same statement (one round trip).
@@ -544,50 +555,66 @@ async def _with_contents(conn: psycopg.AsyncConnection, sql: str, args: list[Any
     return [(row[1], row[2], row[3], row[-1], *row[4:-1]) for row in await cursor.fetchall()]
 
 
-async def _page_rows_in_key_order(conn: psycopg.AsyncConnection, condition: Condition, sort: Sort,
-                                  resource_type: str, position: page.Position | None, count: int
-                                  ) -> tuple[list[tuple], bool]:
-    """`_page_rows` for one sort on an index-table parameter: the page walks that table's rows of the
-    parameter in key order (an index on (resource_type, param, key, resource_id) stops the walk after one
-    page, however many resources match), keeping each resource's key row: its lowest value (highest when
-    descending), as `_sort_key` defines the key. Resources without a value follow in id order, read only
-    when the keyed ones run out."""
-    parameter = parameters_for(resource_type)[sort.code]
+async def _page_rows_in_key_order(conn: psycopg.AsyncConnection, condition: Condition, sorts: list[Sort],
+                                  resource_type: str, snapshot: datetime, position: page.Position | None,
+                                  count: int) -> tuple[list[tuple], bool]:
+    """`_page_rows` when the first sort key is an index-table parameter: the page walks that table's rows of
+    the parameter in key order (an index on (resource_type, param, key, ...) stops the walk after one page,
+    however many resources match) instead of looking up the keys of every match and sorting them all.
+
+    A resource's first key is its lowest value (highest when descending), as `_sort_key` defines it: the
+    walk keeps that row of each resource, the first of them in the table when several hold the value.
+    Rows with an equal first key are ordered by the following keys, looked up for that run of rows only
+    (an incremental sort). Resources without the first key follow, read only when the keyed ones run out.
+    """
+    first = sorts[0]
+    parameter = parameters_for(resource_type)[first.code]
     table = INDEX_TABLES[parameter.type]
-    column = _SORT_COLUMNS[parameter.type][1 if sort.descending else 0]
+    column = _SORT_COLUMNS[parameter.type][1 if first.descending else 0]
     forward = position is None or position.forward
-    ascending = (not sort.descending) == forward
-    direction, beyond = ("ASC", ">") if ascending else ("DESC", "<")
-    lower = "<" if not sort.descending else ">"
-    keyed = (f"SELECT DISTINCT ON (s.{column}, s.resource_id) r.id, r.resource_type, r.fhir_id, "
-             f"s.{column} FROM {table} s JOIN resource r ON r.id = s.resource_id "
-             f"WHERE s.resource_type = %s AND s.param = %s AND NOT EXISTS (SELECT 1 FROM {table} o "
-             f"WHERE o.resource_id = s.resource_id AND o.resource_type = s.resource_type AND o.param = s.param "
-             f"AND o.{column} {lower} s.{column}) AND {condition.where()}")
-    missing = (f"SELECT r.id, r.resource_type, r.fhir_id, NULL FROM resource r "
+    ascending = (not first.descending) == forward
+    id_ascending = (not sorts[-1].descending) == forward
+    lower = "<" if not first.descending else ">"
+    following = [_following_key(sort, resource_type) for sort in sorts[1:]]
+    columns = "".join(f", {sql} AS k{index}" for index, (sql, _) in enumerate(following, 1))
+    following_args = [snapshot if arg is _SNAPSHOT else arg for _, args in following for arg in args]
+    keyed = (f"SELECT r.id, r.resource_type, r.fhir_id, s.{column} AS k0{columns} FROM {table} s "
+             f"JOIN resource r ON r.id = s.resource_id WHERE s.resource_type = %s AND s.param = %s "
+             f"AND s.{column} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {table} o WHERE o.resource_id = s.resource_id "
+             f"AND o.resource_type = s.resource_type AND o.param = s.param "
+             f"AND (o.{column} {lower} s.{column} OR (o.{column} = s.{column} AND o.ctid < s.ctid))) "
+             f"AND {condition.where()}")
+    missing = (f"SELECT r.id, r.resource_type, r.fhir_id, NULL AS k0{columns} FROM resource r "
                f"WHERE {condition.where()} AND NOT EXISTS (SELECT 1 FROM {table} o "
-               f"WHERE o.resource_id = r.id AND o.resource_type = %s AND o.param = %s)")
+               f"WHERE o.resource_id = r.id AND o.resource_type = %s AND o.param = %s AND o.{column} IS NOT NULL)")
+    following_order = [*_key_order(sorts, 1, forward), f"q.id {'ASC' if id_ascending else 'DESC'}"]
+    # (name, SQL, arguments, ORDER BY)
     branches = [
-        ("keyed", keyed, [resource_type, parameter.code, *condition.args],
-         f"(s.{column}, s.resource_id) {beyond} (%s, %s)",
-         f"ORDER BY s.{column} {direction}, s.resource_id {direction}"),
-        ("missing", missing, [*condition.args, resource_type, parameter.code],
-         f"r.id {beyond} %s", f"ORDER BY r.id {direction}"),
+        ("keyed", keyed, [*following_args, resource_type, parameter.code, *condition.args],
+         [f"q.k0 {'ASC' if ascending else 'DESC'}", *following_order]),
+        ("missing", missing, [*following_args, *condition.args, resource_type, parameter.code], following_order),
     ]
     if not forward:  # missing keys sort last, so they come first when fetching backwards
         branches.reverse()
     at = None if position is None else ("keyed" if position.keys[0] is not None else "missing")
-    if position is not None and len(position.keys) != 1:
-        raise FHIRError.of(400, "invalid", "The page token does not fit this search", page.PAGE_TOKEN)
+    key_names = "".join(f", q.k{index}" for index in range(len(sorts)))
     rows: list[tuple] = []
-    for name, sql, args, keyset, order in branches:
+    for name, sql, args, order in branches:
         if at is not None and name != at:
             continue  # a branch before the position's own, in fetch order
+        filters, filter_args = _snapshot_filters(sorts) or ["true"], []
         if at == name:
             assert position is not None
-            keys = [position.keys[0], position.resource_id] if name == "keyed" else [position.resource_id]
-            sql, args, at = f"{sql} AND {keyset}", [*args, *keys], None
-        rows += await _with_contents(conn, f"{sql} {order} LIMIT %s", [*args, count + 1 - len(rows)])
+            keyset, filter_args = _keyset(sorts, position, forward, id_ascending)
+            filters.append(keyset)
+            if name == "keyed":  # the bound the index walk starts from
+                filters.append(f"q.k0 {'>=' if ascending else '<='} %s")
+                filter_args.append(position.keys[0])
+            at = None
+        rows += await _with_contents(
+            conn, f"SELECT q.id, q.resource_type, q.fhir_id{key_names} FROM ({sql}) q "
+                  f"WHERE {' AND '.join(filters)} ORDER BY {', '.join(order)} LIMIT %s",
+            [*args, *filter_args, count + 1 - len(rows)])
         if len(rows) > count:
             break
     more = len(rows) > count
@@ -597,12 +624,18 @@ async def _page_rows_in_key_order(conn: psycopg.AsyncConnection, condition: Cond
     return rows, more
 
 
+def _following_key(sort: Sort, resource_type: str) -> tuple[str, list[Any]]:
+    """`_sort_key` of a key after the first, in one expression: `_lastUpdated` as of the snapshot."""
+    if sort.code != _LAST_UPDATED:
+        return _sort_key(sort, resource_type, False)
+    since, args = _sort_key(sort, resource_type, True)
+    return f"(CASE WHEN r.last_updated <= %s THEN r.last_updated ELSE {since} END)", [_SNAPSHOT, *args]
+
+
 def _keyset(sorts: list[Sort], position: page.Position, forward: bool, id_ascending: bool
             ) -> tuple[str, list[Any]]:
     """Rows strictly beyond `position` in the fetch order: the lexicographic comparison of
     (key₀, key₁, ..., id), built from the last key outwards; a missing key sorts last in page order."""
-    if len(position.keys) != len(sorts):
-        raise FHIRError.of(400, "invalid", "The page token does not fit this search", page.PAGE_TOKEN)
     id_op = ">" if id_ascending else "<"
     if all(sort.code in _NEVER_MISSING and sort.descending == sorts[-1].descending for sort in sorts):
         # One row comparison: an index on (type, last_updated, id) can seek to it.

@@ -1,4 +1,4 @@
-"""Every statement of the eight benchmarked searches (bench/search_scale.py) can be served by indexes.
+"""Every statement of the benchmarked searches (bench/search_scale.py) can be served by indexes.
 
 The statements are the ones the search engine really runs: the test connection records each statement and
 its parameters while the search executes, then EXPLAINs them. A test database holds a few hundred rows,
@@ -15,7 +15,7 @@ scale are checked where that choice is certain: the page-50 query can only get i
 index, and the date range gets enough rows for the planner to prefer the overlap index.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -23,7 +23,9 @@ import orjson
 import psycopg
 import pytest
 
-from bench.search_scale import MRN_SYSTEM, PatientFacts, facts, linked, patient, sent
+from bench.search_scale import (
+    COMMUNICATIONS_PER_PATIENT, MRN_SYSTEM, PatientFacts, facts, linked, patient, sent,
+)
 from fhir_server.search.engine import search
 from fhir_server.search.values import normalize_string
 from tests.search.conftest import BASE
@@ -149,20 +151,45 @@ async def test_benchmarked_search_reads_no_table_whole(aconn, db, population, qu
     assert await scans_without_index(aconn, statements) == []
 
 
-async def test_sorted_paging_to_page_50_reads_no_table_whole(aconn, db, population):
+def communications() -> list[tuple[str, datetime]]:
+    """The population's Communications as (id, sent)."""
+    return [(f"communication-{n}-{k}", sent(SEED, n, k)) for n in range(PATIENTS)
+            for k in range(COMMUNICATIONS_PER_PATIENT)]
+
+
+SORTED_PAGING = {
+    # Ties on the last key follow resource.id (in its direction), which follows n here (each Patient was
+    # stored before the next).
+    "/Patient?_sort=family": ("search_string_sort", lambda: [
+        f"Patient/p{n}" for n in sorted(range(PATIENTS), key=lambda n: (normalize_string(facts(SEED, n).family), n))]),
+    "/Patient?_sort=family,-birthdate": ("search_string_sort", lambda: [
+        f"Patient/p{n}" for n in sorted(range(PATIENTS), key=lambda n: (
+            normalize_string(facts(SEED, n).family), -facts(SEED, n).birth_date.toordinal(), -n))]),
+    # Among 60 birth dates the planner may as well sort them: no index is asserted for this one.
+    "/Patient?_sort=-birthdate,family": (None, lambda: [
+        f"Patient/p{n}" for n in sorted(range(PATIENTS), key=lambda n: (
+            -facts(SEED, n).birth_date.toordinal(), normalize_string(facts(SEED, n).family), n))]),
+    "/Communication?_sort=-sent,_id": ("search_date_high", lambda: [
+        f"Communication/{fhir_id}" for fhir_id, _ in sorted(communications(), key=lambda c: c[1], reverse=True)]),
+}
+
+
+@pytest.mark.parametrize("path", SORTED_PAGING)
+async def test_sorted_paging_to_page_50_reads_no_table_whole(aconn, db, population, path):
     db.execute("ANALYZE")
-    path = "/Patient?_sort=family&_count=1"
+    index, expected = SORTED_PAGING[path]
+    path += "&_count=1"
     seen = []
     for _ in range(50):
         bundle, statements = await run_recorded(aconn, path)
         seen += entries(bundle, "match")
         path = next(link["url"] for link in bundle["link"] if link["relation"] == "next").removeprefix(BASE)
-    # Ties on the key follow resource.id, which follows n here (each Patient was stored before the next).
-    expected = sorted(range(PATIENTS), key=lambda n: (normalize_string(facts(SEED, n).family), n))[:50]
-    assert seen == [f"Patient/p{n}" for n in expected]
+    assert seen == expected()[:50]
     assert await scans_without_index(aconn, statements) == []
-    # The page starts where the last one ended, in an index that holds the key order (migration 0011).
-    assert "search_string_sort" in index_names((await plans(aconn, statements))[0])
+    # The page starts where the last one ended, in an index that holds the first key's order (migrations
+    # 0011 and 0017): the walk stops after one page, however many resources match.
+    if index is not None:
+        assert index in index_names((await plans(aconn, statements))[0])
 
 
 async def test_a_date_range_is_found_by_overlap_at_scale(aconn, db, population):

@@ -1,5 +1,5 @@
-"""Search results through HTTP: the `_lastUpdated` snapshot while paging, system search with `_type`,
-_include over POST, and page tokens that are tampered with or expired."""
+"""Search results through HTTP: the `_lastUpdated` snapshot while paging, sorted paging while resources are
+added, system search with `_type`, _include over POST, and page tokens that are tampered with or expired."""
 
 from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qsl, urlsplit
@@ -27,7 +27,8 @@ def match_ids(bundle: dict) -> list[str]:
     return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
 
 
-@pytest.mark.parametrize("sort", ["_lastUpdated", "-_lastUpdated", "-_lastUpdated,_id"])
+@pytest.mark.parametrize("sort", ["_lastUpdated", "-_lastUpdated", "-_lastUpdated,_id", "family,-_lastUpdated",
+                                  "family,_lastUpdated"])
 def test_updates_while_paging_by_last_updated_neither_repeat_nor_skip(client, sort):
     patients = [create(client, {"resourceType": "Patient", "name": [{"family": "Snap"}], "gender": "male"})
                 for _ in range(6)]
@@ -46,6 +47,52 @@ def test_updates_while_paging_by_last_updated_neither_repeat_nor_skip(client, so
     assert late["id"] not in seen
     fresh = client.get("/Patient", params={"family": "snap", "_sort": sort, "_count": 10}).json()
     assert late["id"] in match_ids(fresh)
+
+
+def test_sorted_paging_on_several_keys_while_patients_are_added(client):
+    """Pages of a sort on several keys, followed through `next` links while Patients are created between
+    them (with keys before, at and after the position): no Patient twice, none of the first ones missed,
+    and those in R4 order (lowest value ascending, highest descending, missing keys last)."""
+    families = ["Young", "Adams", "baker", "Clark", "Évans", "Fox", "Adams", None]
+    entries = []
+    for i in range(120):
+        patient = {"resourceType": "Patient", "id": f"s{i}", "gender": ["female", "male", "other"][i % 3]}
+        if families[i % len(families)]:
+            patient["name"] = [{"family": families[i % len(families)]}, {"family": "Zz-second-name"}]
+        if i % 5:
+            patient["birthDate"] = f"19{40 + i % 50}-0{1 + i % 9}-1{i % 10}"
+        entries.append({"resource": patient, "request": {"method": "PUT", "url": f"Patient/s{i}"}})
+    response = client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert response.status_code == 200, response.text
+    for sort in ("family,-birthdate", "-family,gender", "-birthdate,family,-_id"):
+        bundle = client.get("/Patient", params={"_sort": sort, "_count": 9}).json()
+        seen: list[dict] = []
+        extra = 0
+        while True:
+            seen += [e["resource"] for e in bundle.get("entry", [])]
+            create(client, {"resourceType": "Patient", "gender": "female", "birthDate": "1951-05-05",
+                            "name": [{"family": ["Aaron", "Zed", "Clark", "Fox"][extra % 4]}]})
+            extra += 1
+            if "next" not in links(bundle):
+                break
+            bundle = client.get(links(bundle)["next"]).json()
+        seen_ids = [resource["id"] for resource in seen]
+        assert len(seen_ids) == len(set(seen_ids)), sort
+        assert {f"s{i}" for i in range(120)} <= set(seen_ids), sort
+        first, descending = sort.split(",")[0].lstrip("-"), sort.startswith("-")
+
+        def key(resource: dict) -> tuple:
+            if first == "family":
+                names = sorted(name["family"].lower().replace("é", "e") for name in resource.get("name", []))
+                value = (names[-1] if descending else names[0]) if names else None
+            else:
+                value = resource.get("birthDate")
+            return value is None, value or ""
+
+        keys = [key(resource) for resource in seen if resource["id"].startswith("s")]
+        present = [k for k in keys if not k[0]]
+        assert present == sorted(present, reverse=descending), sort
+        assert keys == present + [k for k in keys if k[0]], sort  # missing keys last
 
 
 def test_system_search_with_type(client):
