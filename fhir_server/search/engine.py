@@ -4,6 +4,7 @@ Type, system (`_type`) and compartment searches share one path: filters → one 
 keyset order → the resources `_include`/`_revinclude` bring along → the Bundle.
 """
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -479,11 +480,59 @@ def _candidates(condition: Condition, sorts: list[Sort], resource_type: str | No
         return (f"SELECT r.id, r.resource_type, r.fhir_id{columns} FROM resource r "
                 f"WHERE {condition.where()}"), [*args, *condition.args]
 
+    if not sorts and resource_type is not None:
+        from_index_rows = _from_index_rows(condition, resource_type)
+        if from_index_rows is not None:
+            return [from_index_rows]
     if not any(sort.code == _LAST_UPDATED for sort in sorts):
         return [branch(False)]
     (current, current_args), (updated, updated_args) = branch(False), branch(True)
     return [(f"{current} AND r.last_updated <= %s", [*current_args, snapshot]),
             (f"{updated} AND r.last_updated > %s", [*updated_args, snapshot])]
+
+
+_ID_IN = "r.id IN ("
+_OUTER_COLUMN = re.compile(r"\br\.")
+_OF_THE_TYPE = ("r.resource_type = %s", "NOT r.deleted")
+"""Conditions `filter_condition` puts on every typed search, true of any resource with index rows."""
+
+
+def _id_in_subquery(sql: str) -> bool:
+    """Whether `sql` is one `r.id IN (subquery)` whose subquery does not look at `r`."""
+    if not sql.startswith(_ID_IN) or not sql.endswith(")") or _OUTER_COLUMN.search(sql, len(_ID_IN)):
+        return False
+    depth = 0
+    for char in re.sub(r"'[^']*'", "", sql)[len(_ID_IN) - 1:-1]:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return False  # the parenthesis after IN closes before the end: more than one term
+    return True
+
+
+def _from_index_rows(condition: Condition, resource_type: str) -> tuple[str, list[Any]] | None:
+    """`_candidates` in id order when every condition is `r.id IN (index rows)`: the ids come from the first
+    condition's rows alone, without visiting `resource` for each match (index rows exist only for current
+    resources of their type), so the page is cut before any resource row is read. A common surname in a
+    chain matches a thousand Communications; only the page's twenty are then read, by `_with_contents`.
+    None when some condition is of another kind."""
+    terms, args = [], list(condition.args)
+    for sql in condition.sql:
+        count = len(sql.replace("%%", "").split("%s")) - 1
+        term_args, args = args[:count], args[count:]
+        if sql in _OF_THE_TYPE:
+            continue
+        if not _id_in_subquery(sql):
+            return None
+        terms.append((sql, term_args))
+    if not terms:
+        return None
+    (first, first_args), *others = terms
+    # resource_type and fhir_id are filled in from `resource` by `_with_contents`, for the page's rows only.
+    candidates = (f"SELECT r.id, %s::text AS resource_type, NULL::text AS fhir_id FROM (SELECT DISTINCT d.id "
+                  f"FROM ({first[len(_ID_IN):-1]}) d(id)) r")
+    if others:
+        candidates += " WHERE " + " AND ".join(sql for sql, _ in others)
+    return candidates, [resource_type, *first_args, *(arg for _, term_args in others for arg in term_args)]
 
 
 async def _page_rows(conn: psycopg.AsyncConnection, condition: Condition, sorts: list[Sort],
@@ -550,9 +599,9 @@ async def _with_contents(conn: psycopg.AsyncConnection, sql: str, args: list[Any
     0011) answer its conditions, so only the page's own rows are read, by the outer join, not every
     candidate's."""
     cursor = await conn.execute(
-        f"SELECT p.*, r.content FROM (SELECT row_number() OVER () AS n, s.* FROM ({sql}) s) p "
-        "JOIN resource r ON r.id = p.id WHERE r.content IS NOT NULL ORDER BY p.n", args)
-    return [(row[1], row[2], row[3], row[-1], *row[4:-1]) for row in await cursor.fetchall()]
+        f"SELECT p.*, r.resource_type, r.fhir_id, r.content FROM (SELECT row_number() OVER () AS n, s.* "
+        f"FROM ({sql}) s) p JOIN resource r ON r.id = p.id WHERE r.content IS NOT NULL ORDER BY p.n", args)
+    return [(row[1], row[-3], row[-2], row[-1], *row[4:-3]) for row in await cursor.fetchall()]
 
 
 async def _page_rows_in_key_order(conn: psycopg.AsyncConnection, condition: Condition, sorts: list[Sort],

@@ -170,7 +170,8 @@ async def test_or_within_a_parameter_and_across_repeats(aconn, patients):
 
 
 async def test_deleted_resources_never_match(aconn, patients, db):
-    db.execute("UPDATE resource SET deleted = true WHERE fhir_id = 'ann'")
+    # As the delete statement leaves the row, but with its index rows left behind: still no match.
+    db.execute("UPDATE resource SET deleted = true, content = NULL WHERE fhir_id = 'ann'")
     assert await ids(aconn, "Patient", "family=smith") == []
 
 
