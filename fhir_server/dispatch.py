@@ -46,6 +46,8 @@ def requested_kind(req: FHIRRequest, handler: Handler | None) -> str:
     """The interaction a request refused before dispatch attempted: its route's, or a guess from its method."""
     if handler is not None:
         return _kind(req, handler)
+    if req.operation is not None:
+        return "operation"
     if req.method in ("GET", "HEAD") and (req.search or req.id is None):
         return "search"
     return METHOD_KINDS.get(req.method, "operation")
