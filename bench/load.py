@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-import psycopg
 
 from fhir_server.cli import is_loopback
 
@@ -49,8 +48,6 @@ WARMUP_TRANSACTIONS = 3
 TRANSACTION_PATIENTS = 50
 ERROR_BODY_CHARS = 1000
 MAX_ERROR_RATE = 0.01
-MAX_AUDIT_OVERHEAD = 0.10
-SETTLE_SECONDS = 300
 
 # The family names cycle, so `family=X` matches about one Patient in fifty.
 FAMILY_NAMES = [
@@ -444,11 +441,10 @@ def stop_leftover_postgres(pgdata: Path) -> None:
 
 
 @contextlib.contextmanager
-def fresh_server(workers: int, data_dir: Path | None = None, extra_env: dict[str, str] | None = None,
-                 processes: list[int] | None = None) -> Iterator[str]:
+def fresh_server(workers: int, data_dir: Path | None = None, extra_env: dict[str, str] | None = None
+                 ) -> Iterator[str]:
     """A server on a free loopback port with its own embedded PostgreSQL in `data_dir` (default: a
-    temporary directory), with `extra_env` added to its environment; its process id is appended to
-    `processes` (for `ServerCPU`)."""
+    temporary directory), with `extra_env` added to its environment."""
     with tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp:
         data_dir = data_dir or Path(tmp) / "data"
         log = Path(tmp) / "server.log"
@@ -460,8 +456,6 @@ def fresh_server(workers: int, data_dir: Path | None = None, extra_env: dict[str
         with log.open("wb") as log_file:
             process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                        start_new_session=True)
-        if processes is not None:
-            processes.append(process.pid)
         try:
             print(f"starting server ({workers} workers) at {base_url}, data in {data_dir}", file=sys.stderr)
             started = time.monotonic()
@@ -479,150 +473,6 @@ def fresh_server(workers: int, data_dir: Path | None = None, extra_env: dict[str
             stop_leftover_postgres((data_dir / "postgres").resolve())
 
 
-class ServerCPU:
-    """CPU seconds a fresh server has used so far, read from /proc: its own processes (the session it leads)
-    and its embedded PostgreSQL's (the session the postmaster leads)."""
-
-    def __init__(self, server_pid: int, pgdata: Path) -> None:
-        self.sessions = {server_pid}
-        self.pgdata = pgdata
-
-    def seconds(self) -> float:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            self.sessions.add(int((self.pgdata / "postmaster.pid").read_text().split()[0]))
-        ticks = 0
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # exited meanwhile
-            if int(fields[3]) in self.sessions:  # session id; then user and system time in clock ticks
-                ticks += int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def audit_records_waiting(pgdata: Path) -> int:
-    """Audit records of a fresh server not yet turned into AuditEvents (its `audit_log` table)."""
-    with psycopg.connect(f"postgresql://postgres:@/postgres?host={pgdata}", autocommit=True) as conn:
-        return conn.execute("SELECT count(*) FROM audit_log").fetchone()[0]
-
-
-async def settle(cpu: ServerCPU, window: float = 1.0, quiet: float = 0.05) -> float:
-    """Wait until the server's background work is done: no audit record waiting, and less than `quiet` of a
-    CPU used over `window` seconds (at most `SETTLE_SECONDS`); the seconds waited."""
-    started = time.perf_counter()
-    used = cpu.seconds()
-    while time.perf_counter() - started < SETTLE_SECONDS:
-        await asyncio.sleep(window)
-        now = cpu.seconds()
-        if now - used < quiet * window and audit_records_waiting(cpu.pgdata) == 0:
-            break
-        used = now
-    return time.perf_counter() - started
-
-
-@dataclass
-class AuditRound:
-    """One read run against the server with read audits `on` or off: the client's view, and the server's CPU
-    during the run and until the work it left behind (journal flush, AuditEvents) was done."""
-
-    audit: bool
-    result: Result
-    cpu_during: float
-    cpu_total: float
-
-    def cpu_ms_per_read(self, total: bool) -> float:
-        return 1000 * (self.cpu_total if total else self.cpu_during) / max(self.result.requests, 1)
-
-
-async def audit_rounds(servers: dict[bool, tuple[str, ServerCPU]], options: argparse.Namespace) -> list[AuditRound]:
-    """The same Patients created on both servers, then read phases alternating between them, round by round."""
-    workloads = {audit: Workload() for audit in servers}
-    for audit, (base_url, cpu) in servers.items():
-        async with open_clients(options.client, base_url, options.concurrency) as clients:
-            created = await drive(clients, workloads[audit].create, options.requests, options.seconds, "create", 1)
-        print(f"read audit {'on ' if audit else 'off'}: {created.requests} Patients created", file=sys.stderr)
-    for _, cpu in servers.values():
-        await settle(cpu)
-    print(f"{'round':<6} {'audit':<5} {'reads':>6} {'req/s':>8} {'p50 ms':>7} {'p95 ms':>7} "
-          f"{'server cpu ms/read':>19} {'incl. after':>12}", flush=True)
-    rounds = []
-    for number in range(options.audit_overhead):
-        # Alternating which goes first spreads drifts of the machine's load over both.
-        for audit in (True, False) if number % 2 == 0 else (False, True):
-            base_url, cpu = servers[audit]
-            async with open_clients(options.client, base_url, options.concurrency) as clients:
-                await drive(clients, workloads[audit].read, WARMUP_REQUESTS, options.seconds, "read", 1)
-                before = cpu.seconds()
-                result = await drive(clients, workloads[audit].read, options.requests, options.seconds, "read", 1)
-                during = cpu.seconds() - before
-            await settle(cpu)
-            done = AuditRound(audit, result, during, cpu.seconds() - before)
-            rounds.append(done)
-            print(f"{number + 1:<6} {'on' if audit else 'off':<5} {result.requests:>6} "
-                  f"{result.requests_per_second:>8.0f} {result.percentile(50):>7.2f} {result.percentile(95):>7.2f} "
-                  f"{done.cpu_ms_per_read(False):>19.3f} {done.cpu_ms_per_read(True):>12.3f}", flush=True)
-    return rounds
-
-
-def report_audit_overhead(rounds: list[AuditRound]) -> dict[str, float]:
-    """What auditing reads costs them, from the medians of the rounds: throughput lost, and server CPU per read
-    (during the reads, and including the work they left behind)."""
-    def median(values: list[float]) -> float:
-        ordered = sorted(values)
-        middle = len(ordered) // 2
-        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-    on = [r for r in rounds if r.audit]
-    off = [r for r in rounds if not r.audit]
-    figures = {
-        "throughput_on": median([r.result.requests_per_second for r in on]),
-        "throughput_off": median([r.result.requests_per_second for r in off]),
-        "cpu_ms_on": median([r.cpu_ms_per_read(False) for r in on]),
-        "cpu_ms_off": median([r.cpu_ms_per_read(False) for r in off]),
-        "cpu_total_ms_on": median([r.cpu_ms_per_read(True) for r in on]),
-        "cpu_total_ms_off": median([r.cpu_ms_per_read(True) for r in off]),
-    }
-    figures["throughput_overhead_percent"] = 100 * (1 - figures["throughput_on"] / figures["throughput_off"])
-    figures["cpu_overhead_percent"] = 100 * (figures["cpu_ms_on"] / figures["cpu_ms_off"] - 1)
-    figures["cpu_total_overhead_percent"] = 100 * (figures["cpu_total_ms_on"] / figures["cpu_total_ms_off"] - 1)
-    print(f"\nread audit overhead (medians of {len(on)} rounds each; target <= {MAX_AUDIT_OVERHEAD:.0%}):")
-    print(f"  throughput      on {figures['throughput_on']:8.0f} req/s   off {figures['throughput_off']:8.0f} req/s"
-          f"   -> {figures['throughput_overhead_percent']:+.1f}%")
-    print(f"  cpu per read    on {figures['cpu_ms_on']:8.3f} ms      off {figures['cpu_ms_off']:8.3f} ms"
-          f"      -> {figures['cpu_overhead_percent']:+.1f}%  (server + PostgreSQL, during the reads)")
-    print(f"  incl. after     on {figures['cpu_total_ms_on']:8.3f} ms      off {figures['cpu_total_ms_off']:8.3f} ms"
-          f"      -> {figures['cpu_total_overhead_percent']:+.1f}%  (until the AuditEvents are stored)")
-    return figures
-
-
-def audit_overhead(options: argparse.Namespace) -> int:
-    """Two fresh servers, read audits on and off (FHIR_AUDIT_READS), measured in alternating rounds."""
-    with contextlib.ExitStack() as stack:
-        servers = {}
-        for audit in (True, False):
-            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fhir-bench-audit-"))) / "data"
-            pids: list[int] = []
-            base_url = stack.enter_context(fresh_server(options.workers, data_dir, {
-                "FHIR_AUDIT_READS": "true" if audit else "false"}, pids))
-            servers[audit] = (base_url, ServerCPU(pids[0], (data_dir / "postgres").resolve()))
-        rounds = run_event_loop(audit_rounds(servers, options))
-    figures = report_audit_overhead(rounds)
-    if options.json:
-        options.json.write_text(json.dumps({
-            "cpus": os.cpu_count(), "workers": options.workers,
-            "options": {"concurrency": options.concurrency, "requests": options.requests,
-                        "rounds": options.audit_overhead, "client": options.client},
-            "rounds": [{"audit": r.audit, **r.result.as_json(), "cpu_ms_per_read": round(r.cpu_ms_per_read(False), 4),
-                        "cpu_ms_per_read_incl_after": round(r.cpu_ms_per_read(True), 4)} for r in rounds],
-            "overhead": {name: round(value, 3) for name, value in figures.items()},
-        }, indent=2) + "\n")
-    failed = sum(r.result.errors for r in rounds)
-    return 1 if failed > MAX_ERROR_RATE * sum(r.result.requests for r in rounds) else 0
-
-
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base-url", help="FHIR base of a running server on a loopback address, e.g. "
@@ -638,10 +488,6 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
                         help="HTTP client of the measured requests: raw (bench/http1.py, little CPU per request; "
                              "default) or httpx, to compare")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
-    parser.add_argument("--audit-overhead", type=int, default=0, metavar="ROUNDS",
-                        help="instead of the four phases: what auditing reads costs them. Two fresh servers, read "
-                             "audits on and off (FHIR_AUDIT_READS), the same Patients on both, then ROUNDS read runs "
-                             "on each, alternating; prints throughput and server CPU per read, and the overhead")
     return parser.parse_args(argv)
 
 
@@ -696,9 +542,6 @@ def main() -> int:
     # SIGTERM unwinds like Ctrl-C, so a started server is always stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if options.base_url:
-        if options.audit_overhead:
-            print("--audit-overhead starts its own two servers: leave out --base-url", file=sys.stderr)
-            return 2
         if options.client == "raw" and urlsplit(options.base_url).scheme != "http":
             print(f"--client raw speaks plain http only, not {options.base_url}", file=sys.stderr)
             return 2
@@ -707,8 +550,6 @@ def main() -> int:
             return 2
         return benchmark(options.base_url, options)
     try:
-        if options.audit_overhead:
-            return audit_overhead(options)
         with fresh_server(options.workers) as base_url:
             return benchmark(base_url, options)
     except ServerDidNotStart as exc:

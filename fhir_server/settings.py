@@ -171,7 +171,7 @@ class Settings(BaseSettings):
     records into AuditEvent resources."""
     audit_reads: bool = True
     """False leaves successful reads, searches and histories unaudited: only for measuring what their audit
-    costs (bench/load.py --audit-overhead); every failure and every write is still audited."""
+    costs (bench/cpu.py --audit-overhead); every failure and every write is still audited."""
 
     @field_validator("document_mime_types", "cors_origins", mode="before")
     @classmethod

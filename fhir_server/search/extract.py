@@ -75,7 +75,7 @@ CONTAINED_TABLES = ("string", "token", "date", "number", "quantity", "uri", "ref
 NOT_FULL_TEXT_INDEXED = frozenset({"AuditEvent"})
 """Types without `_text`/`_content` rows: an AuditEvent comes with every interaction, is written by the server
 from fixed codes, and is found by its own parameters (entity, agent, date, ...); its full text cost a quarter
-of storing it (`python bench/load.py --audit-overhead`)."""
+of storing it (`python bench/cpu.py --audit-overhead`)."""
 
 
 def contained_type(resource_type: str) -> str:
