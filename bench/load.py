@@ -441,15 +441,16 @@ def stop_leftover_postgres(pgdata: Path) -> None:
 
 
 @contextlib.contextmanager
-def fresh_server(workers: int, data_dir: Path | None = None) -> Iterator[str]:
+def fresh_server(workers: int, data_dir: Path | None = None, extra_env: dict[str, str] | None = None
+                 ) -> Iterator[str]:
     """A server on a free loopback port with its own embedded PostgreSQL in `data_dir` (default: a
-    temporary directory)."""
+    temporary directory), with `extra_env` added to its environment."""
     with tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp:
         data_dir = data_dir or Path(tmp) / "data"
         log = Path(tmp) / "server.log"
         port = free_loopback_port()
         base_url = f"http://127.0.0.1:{port}/fhir"
-        env = {name: value for name, value in os.environ.items() if name != "FHIR_DATABASE_URL"}
+        env = {name: value for name, value in os.environ.items() if name != "FHIR_DATABASE_URL"} | (extra_env or {})
         command = [sys.executable, "-m", "fhir_server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                    "--data-dir", str(data_dir), "--workers", str(workers)]
         with log.open("wb") as log_file:

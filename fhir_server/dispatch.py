@@ -24,6 +24,9 @@ SEARCH_OPERATIONS = frozenset({"semantic-search"})
 # Instance interactions on an existing resource outside the caller's compartment answer 404.
 INSTANCE_CHECKED = frozenset({"read", "vread", "history-instance", "patch", "delete", "update", "operation"})
 WRITES = frozenset({"create", "update", "patch"})
+# What a request that could not be routed tried to do, from its method alone (for its AuditEvent).
+METHOD_KINDS = {"GET": "read", "HEAD": "read", "POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete"}
 
 
 def _kind(req: FHIRRequest, handler: object) -> str:
@@ -37,6 +40,17 @@ def _kind(req: FHIRRequest, handler: object) -> str:
         return KINDS[handler]
     # The one handler not in KINDS: a Bundle posted to the base (interactions.transaction imports this module).
     return "transaction" if isinstance(req.body, dict) and req.body.get("type") == "transaction" else "batch"
+
+
+def requested_kind(req: FHIRRequest, handler: Handler | None) -> str:
+    """The interaction a request refused before dispatch attempted: its route's, or a guess from its method."""
+    if handler is not None:
+        return _kind(req, handler)
+    if req.operation is not None:
+        return "operation"
+    if req.method in ("GET", "HEAD") and (req.search or req.id is None):
+        return "search"
+    return METHOD_KINDS.get(req.method, "operation")
 
 
 async def dispatch(conn: AsyncConnection, req: FHIRRequest, handler: Handler | None = None) -> Outcome:

@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     audit_flush_seconds: float = 0.2
     """How often a server process moves its journal into the database, and the background job turns audit
     records into AuditEvent resources."""
+    audit_reads: bool = True
+    """False leaves successful reads, searches and histories unaudited: only for measuring what their audit
+    costs (bench/cpu.py --audit-overhead); every failure and every write is still audited."""
 
     @field_validator("document_mime_types", "cors_origins", mode="before")
     @classmethod

@@ -4,7 +4,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
@@ -19,11 +19,11 @@ from starlette.types import ASGIApp
 
 from fhir_server import json_numbers
 from fhir_server.api.cors import with_cors
-from fhir_server.audit.interceptor import AuditContext
+from fhir_server.audit.interceptor import AuditContext, refused
 from fhir_server.audit.journal import Journal
 from fhir_server.auth.enforce import Principal
 from fhir_server.auth.server import auth_router
-from fhir_server.dispatch import dispatch
+from fhir_server.dispatch import dispatch, requested_kind
 from fhir_server.errors import FHIRError, Issue, operation_outcome
 from fhir_server.interactions import binary, create, patch, transaction, update
 from fhir_server.interactions.capabilities import capability_statement
@@ -132,14 +132,14 @@ def _render(req: FHIRRequest | None, outcome: Outcome, request: Request, write: 
     return Response(body, outcome.status, headers, media_type=media if body is not None else None)
 
 
-def _new_request(request: Request, path: str, settings: Settings, journal: Journal | None) -> FHIRRequest:
-    req = FHIRRequest(method=request.method, base_url=_base_url(request, settings),
-                      query=[(key, value) for key, value in request.query_params.multi_items()
-                             if key not in PRESENTATION_PARAMETERS],
-                      headers={key.lower(): value for key, value in request.headers.items()},
-                      audit=AuditContext(request.client.host if request.client else None, journal))
-    parse_target(req, path)
-    return req
+def _new_request(request: Request, settings: Settings, journal: Journal | None) -> FHIRRequest:
+    """The request before its path is parsed (`parse_target`), so that one refused for its path is audited."""
+    return FHIRRequest(method=request.method, base_url=_base_url(request, settings),
+                       query=[(key, value) for key, value in request.query_params.multi_items()
+                              if key not in PRESENTATION_PARAMETERS],
+                       headers={key.lower(): value for key, value in request.headers.items()},
+                       audit=AuditContext(request.client.host if request.client else None, journal,
+                                          settings.audit_reads))
 
 
 def _needs_transaction(req: FHIRRequest, handler: Handler) -> bool:
@@ -242,17 +242,14 @@ class FHIRApplication:
             tenants.current.reset(selected)
 
     async def handle(self, request: Request, path: str) -> Response:
-        req = None
+        req = _new_request(request, self.settings, self.journal)
+        handler = None
         write = False
         try:
-            req = _new_request(request, path, self.settings, self.journal)
+            parse_target(req, path)
             if binary.takes(req):  # raw document bytes in or out: streamed, not through the JSON body path
                 return await self._documents(request, req)
             _negotiate(request)
-            raw = None
-            if request.method in ("POST", "PUT", "PATCH"):
-                raw = await _read_body(request, self.settings.max_body_bytes)
-                req.body = _parse_body(req, request.headers.get("content-type", ""), raw)
             if req.resource_type is None and req.compartment_type is None and req.operation is None \
                     and not req.history and not req.search and request.method == "POST":
                 handler = transaction.process
@@ -260,10 +257,16 @@ class FHIRApplication:
                 handler = route(req)
             write = handler in WRITE_HANDLERS
             if self.settings.auth == "smart" and req.operation != "metadata":
+                # Before the body is read: a caller without a valid token costs no parsing of what it sent.
                 req.principal = await self._authenticate(request, req)
+            raw = None
+            if request.method in ("POST", "PUT", "PATCH"):
+                raw = await _read_body(request, self.settings.max_body_bytes)
+                req.body = _parse_body(req, request.headers.get("content-type", ""), raw)
             outcome = await self._run(req, handler, partial(self._again, request, path, raw, req.principal))
         except FHIRError as error:
             outcome = error_outcome(error)
+            await self._refused(request, req, handler, error)
         except (psycopg.errors.LockNotAvailable, *ROLLED_BACK) as error:
             log.info("%s %s gave up on a lock: %s", request.method, request.url.path, error)
             outcome = error_outcome(FHIRError.of(409, "lock-error", "Another transaction holds resources this request "
@@ -298,11 +301,21 @@ class FHIRApplication:
                 attempt += 1
 
     def _again(self, request: Request, path: str, raw: bytes | None, principal: Principal | None) -> FHIRRequest:
-        req = _new_request(request, path, self.settings, self.journal)
+        req = parse_target(_new_request(request, self.settings, self.journal), path)
         if raw is not None:
             req.body = _parse_body(req, request.headers.get("content-type", ""), raw)
         req.principal = principal
         return req
+
+    async def _refused(self, request: Request, req: FHIRRequest, handler: Handler | None, error: FHIRError) -> None:
+        """Audit a request refused before it reached an interaction (whose interceptor audits its own failures);
+        one refused before its token was checked (unknown route, 405) still names a caller whose token is valid."""
+        if req.audit.entered:
+            return
+        if req.principal is None and self.settings.auth == "smart" and error.status != 401:
+            with suppress(FHIRError):
+                req.principal = await self._authenticate(request, req)
+        refused(req, requested_kind(req, handler), error, f"{request.method} {request.url.path}")
 
     async def _documents(self, request: Request, req: FHIRRequest) -> Response:
         if self.settings.auth == "smart":

@@ -16,6 +16,13 @@ EVENT_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type"
 INTERACTION = "http://hl7.org/fhir/restful-interaction"
 OPERATION = "urn:fhir-server:CodeSystem/operation"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
+SECURITY_ALERT = {"system": DCM, "code": "110113", "display": "Security Alert"}
+"""The type of a request refused for want of a valid token or of a scope (BALP's authorization-decision
+pattern): still searchable by the interaction it attempted (`subtype`)."""
+SECURITY_STATUSES = frozenset({401, 403})
+SECRET_PARAMETERS = frozenset({"access_token", "client_secret", "client_assertion", "password", "refresh_token",
+                               "code_verifier"})
+"""Query parameters never copied into an AuditEvent, whatever a client puts in its URL."""
 CLIENT_ROLE = {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]}
 SERVER_ROLE = {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]}
 USER_ROLE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP",
@@ -39,8 +46,9 @@ PATIENT_PARAMETERS = frozenset({"patient", "subject"})
 
 
 def outcome_code(status: int) -> str:
-    """BALP: 0 success, 4 minor failure (the client's error), 8 serious failure (the server's)."""
-    return "0" if status < 400 else "4" if status < 500 else "8"
+    """BALP: 0 success, 4 minor failure (the client's error), 8 serious failure (the server's, or an access
+    refused for want of a valid token or scope, as in BALP's authorization-decision pattern)."""
+    return "0" if status < 400 else "8" if status >= 500 or status in SECURITY_STATUSES else "4"
 
 
 def _subtype(req: FHIRRequest, kind: str) -> list[dict[str, str]]:
@@ -124,9 +132,13 @@ def _patient(req: FHIRRequest, kind: str, query: list[tuple[str, str]], outcome:
     return None
 
 
-def _entities(req: FHIRRequest, kind: str, query: list[tuple[str, str]], outcome: Outcome | None
-              ) -> list[dict[str, Any]]:
+def _entities(req: FHIRRequest, kind: str, query: list[tuple[str, str]], outcome: Outcome | None,
+              requested: str | None) -> list[dict[str, Any]]:
     entities = []
+    if requested is not None:
+        entities.append({"type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+                         "name": requested + ("?" + urlencode(query) if query else ""),
+                         "description": "The request refused before it reached an interaction"})
     what = resource_reference(req, outcome)
     if what is not None:
         entities.append({"what": {"reference": what}, "type": {"system": ENTITY_TYPE, "code": "2",
@@ -145,12 +157,15 @@ def _entities(req: FHIRRequest, kind: str, query: list[tuple[str, str]], outcome
 
 
 def audit_event(req: FHIRRequest, kind: str, query: list[tuple[str, str]], address: str | None, status: int,
-                outcome: Outcome | None, failure: str | None = None, outcome_override: str | None = None
-                ) -> tuple[str, bytes]:
-    """(id, JSON) of the AuditEvent of one interaction; `query` is the query as the client sent it."""
+                outcome: Outcome | None, failure: str | None = None, outcome_override: str | None = None,
+                requested: str | None = None) -> tuple[str, bytes]:
+    """(id, JSON) of the AuditEvent of one interaction; `query` is the query as the client sent it, and
+    `requested` the method and path of a request refused before any interaction ran."""
     event_id = str(uuid4())
+    query = [(name, value) for name, value in query if name not in SECRET_PARAMETERS]
     event: dict[str, Any] = {
-        "resourceType": "AuditEvent", "id": event_id, "type": EVENT_TYPE, "subtype": _subtype(req, kind),
+        "resourceType": "AuditEvent", "id": event_id,
+        "type": SECURITY_ALERT if status in SECURITY_STATUSES else EVENT_TYPE, "subtype": _subtype(req, kind),
         "action": ACTIONS.get(kind, "E"),
         "recorded": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "outcome": outcome_override or outcome_code(status),
@@ -162,7 +177,7 @@ def audit_event(req: FHIRRequest, kind: str, query: list[tuple[str, str]], addre
     tenant = tenants.current.get()
     if tenant is not None:
         event["source"]["site"] = tenant.name
-    entities = _entities(req, kind, query, outcome)
+    entities = _entities(req, kind, query, outcome, requested)
     if entities:
         event["entity"] = entities
     return event_id, orjson.dumps(event)

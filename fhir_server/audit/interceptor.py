@@ -4,6 +4,8 @@ It refuses writes of AuditEvents, keeps the audit trail to callers granted it, r
 interaction, and writes the client's X-Provenance. A successful interaction inside a database transaction
 (every write) stores its record in that transaction, so a write and its audit commit or roll back together;
 reads and failures go to the process's journal (audit/journal.py), which costs the request one write(2).
+Requests refused before any interaction ran (no valid token, unknown route, unusable body) are journaled
+by `refused`, at the same cost as a read.
 """
 
 from collections.abc import Awaitable, Callable
@@ -21,6 +23,7 @@ from fhir_server.request import FHIRRequest, Outcome, resource_outcome
 from fhir_server.storage import repository
 
 WRITES = frozenset({"create", "update", "patch", "delete"})
+READS = frozenset({"read", "vread", "search", "history", "history-instance"})
 UNEXPECTED = "12"
 """BALP/AuditEvent outcome `major failure`: the server failed with an unexpected error."""
 
@@ -32,7 +35,11 @@ class AuditContext:
 
     address: str | None
     journal: Journal | None
+    audit_reads: bool = True
+    """False (FHIR_AUDIT_READS=false, for benchmark comparisons only): successful reads go unrecorded."""
     written: list[str] = field(default_factory=list)
+    entered: bool = False
+    """Whether an interaction of the request reached the interceptor (which then records its failures)."""
 
 
 def _check_access(req: FHIRRequest, kind: str) -> None:
@@ -88,11 +95,12 @@ async def audited(conn: AsyncConnection, req: FHIRRequest, kind: str,
     context = req.audit
     if context is None:
         return await run()
+    context.entered = True
     query = req.query  # as the client sent it, before authorization adds the scopes' filters
     try:
         _check_access(req, kind)
         header = req.header(provenance.HEADER) if req.method in ("POST", "PUT", "PATCH", "DELETE") else None
-        claimed = provenance.from_header(header) if header else None
+        claimed = provenance.from_header(header, req.principal) if header else None
         record = _write_record(req, kind, query, context)
         riding = repository.audit_record.set(record)
         try:
@@ -117,7 +125,19 @@ async def audited(conn: AsyncConnection, req: FHIRRequest, kind: str,
     if record is not None and record.written:
         if context.journal is not None:
             context.journal.recorded += 1
-    else:
+    elif context.audit_reads or kind not in READS:
         await _record(conn, req, context, audit_event(req, kind, query, context.address, outcome.status, outcome),
                       True)
     return outcome
+
+
+def refused(req: FHIRRequest, kind: str, error: FHIRError, requested: str) -> None:
+    """Journal the AuditEvent of a request refused before it reached an interaction (`requested`: its method
+    and path): the same one write(2) as a read, and the same batched flush, however many bad requests come."""
+    context = req.audit
+    if context is None or context.entered or context.journal is None:
+        return
+    failure = "; ".join(issue.diagnostics for issue in error.issues)
+    context.journal.recorded += 1
+    context.journal.append(*audit_event(req, kind, req.query, context.address, error.status, None, failure,
+                                        requested=requested))

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".audit.ndjson"
 BUSY_RATE = 20
-_INSERT_MANY = ("INSERT INTO audit_log (id, event) SELECT * FROM unnest(%s::uuid[], %s::bytea[]) "
+# Arrays go in binary (%b): as text, psycopg escapes every element of the bytea array with a regex, which cost
+# more than building the record itself.
+_INSERT_MANY = ("INSERT INTO audit_log (id, event) SELECT * FROM unnest(%b::text[]::uuid[], %b::bytea[]) "
                 "ON CONFLICT (id) DO NOTHING")
 
 

@@ -8,6 +8,7 @@ from psycopg import AsyncConnection
 
 from fhir_server import json_numbers
 from fhir_server.audit.events import SERVER
+from fhir_server.auth.enforce import Principal
 from fhir_server.errors import FHIRError, Issue
 from fhir_server.storage import repository
 from fhir_server.validation import validate_resource
@@ -21,9 +22,16 @@ SERVER_AGENT = {
 _PLACEHOLDER_TARGET = [{"reference": "Provenance/placeholder"}]
 
 
-def from_header(value: str) -> dict[str, Any]:
-    """The Provenance a client sent, checked before anything is written (400 otherwise). `target` is the
-    server's to fill: whatever the client put there is replaced."""
+def from_header(value: str, principal: Principal | None) -> dict[str, Any]:
+    """The Provenance a client sent, checked before anything is written: 400 unless it is a valid Provenance,
+    403 unless the caller's token may create Provenance (`user/Provenance.c`, `system/*.cruds`, ...).
+    `target` is the server's to fill: the versions the request writes, whatever the client put there."""
+    if principal is not None:
+        try:
+            principal.restriction("Provenance", "c")
+        except FHIRError as error:
+            raise FHIRError.of(403, "forbidden", "X-Provenance asks the server to create a Provenance: "
+                                                 + error.issues[0].diagnostics, "X-Provenance") from None
     try:
         provenance = json_numbers.loads(value.encode())
     except orjson.JSONDecodeError as error:

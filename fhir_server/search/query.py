@@ -10,7 +10,7 @@ from typing import Any
 from fhir_server.errors import FHIRError
 from fhir_server.search import value_sets
 from fhir_server.search.canonical import canonical_types, named_by, texts
-from fhir_server.search.extract import contained_type
+from fhir_server.search.extract import NOT_FULL_TEXT_INDEXED, contained_type
 from fhir_server.search.parameters import SearchParameter, one_date_row, parameters_for, search_parameters
 from fhir_server.search.values import (
     FAR_FUTURE, UCUM, date_range, decimal_of, normalize_string, number_range, reference_target, ucum_canonical,
@@ -223,6 +223,8 @@ class _Builder:
         if code in _SPECIAL_PARAMETERS and not chained:
             if modifier:
                 raise _Unknown()
+            if code != "_list" and resource_type in NOT_FULL_TEXT_INDEXED:
+                raise _Unknown(f"{resource_type} is not full-text indexed: search its own parameters")
             return self.special(resource_type, r, code, name, value)
         parameter = parameters_for(resource_type).get(code)
         if parameter is None:

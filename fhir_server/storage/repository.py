@@ -70,11 +70,12 @@ _DELETE_SQL = _statements(
     "content = NULL WHERE id = %(pk)s",
     f"{_VERSION_CTE}, {_DELETE_INDEX_CTES}")
 
-# Many new resources of one type in one statement: the resource rows (ids and contents as arrays), their
-# versions, and the index rows, each index row led by the fhir_id it belongs to.
+# Many new resources of one type in one statement: the resource rows (ids and contents as arrays, sent in binary:
+# psycopg's text format escapes each bytea element with a regex), their versions, and the index rows, each
+# index row led by the fhir_id it belongs to.
 _INSERT_MANY_SQL = (
     "WITH w AS (INSERT INTO resource (resource_type, fhir_id, version_id, last_updated, content) "
-    "SELECT %(resource_type)s, f, 1, %(last_updated)s, c FROM unnest(%(fhir_ids)s::text[], %(contents)s::bytea[]) "
+    "SELECT %(resource_type)s, f, 1, %(last_updated)s, c FROM unnest(%(fhir_ids)b::text[], %(contents)b::bytea[]) "
     "AS u(f, c) RETURNING id, fhir_id, content), "
     "v AS (INSERT INTO resource_version (resource_id, version_id, resource_type, fhir_id, last_updated, method, "
     "content) SELECT id, 1, %(resource_type)s, fhir_id, %(last_updated)s, 'POST', content FROM w), "

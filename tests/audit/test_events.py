@@ -139,3 +139,13 @@ async def test_raw_binary_reads_and_writes_are_audited(audited_client) -> None:
         assert (await client.get(f"/Binary/{bid}")).content == b"plain text"
         events = await wait_for_events(client, f"entity=Binary/{bid}", 2)
         assert {subtype(event) for event in events} == {"create", "read"}
+
+
+async def test_audit_events_are_not_full_text_indexed(audited_client) -> None:
+    async with audited_client() as client:
+        await client.get("/Patient/full-text")
+        await wait_for_events(client, "entity=Patient/full-text")
+        strict = await client.get("/AuditEvent?_content=read", headers={"Prefer": "handling=strict"})
+        assert strict.status_code == 400 and "not full-text indexed" in strict.text
+        lenient = await client.get("/AuditEvent?_content=read")
+        assert lenient.status_code == 200 and "_content" not in lenient.json()["link"][0]["url"]

@@ -3,6 +3,7 @@
 import json
 
 import httpx
+import psycopg
 import pytest
 
 PROVENANCE = {"resourceType": "Provenance", "recorded": "2026-11-01T10:00:00Z",
@@ -85,3 +86,36 @@ async def test_what_the_server_writes_by_itself_has_the_server_as_provenance_age
             assert {p["target"][0]["reference"].rsplit("/", 1)[1] for p in provenances} == versions, target
             assert all(p["agent"][0]["who"]["identifier"] == {"system": "urn:fhir-server:device",
                                                               "value": "fhir-server"} for p in provenances)
+
+
+@pytest.mark.parametrize("scope, allowed", [
+    ("system/Patient.cruds", False), ("system/Patient.cruds system/Provenance.r", False),
+    ("system/Patient.cruds system/Provenance.c", True), ("system/*.write system/Patient.rs", True),
+    ("system/*.cruds", True)])
+async def test_x_provenance_needs_a_scope_allowing_provenance_create(configured_client, database_url: str,
+                                                                      scope: str, allowed: bool) -> None:
+    from tests.auth.test_enforcement import bearer, system_token
+
+    async with configured_client(FHIR_AUTH="smart") as client, \
+            await psycopg.AsyncConnection.connect(database_url, autocommit=True) as aconn:
+        admin = bearer(await system_token(aconn, client, "system/*.cruds"))
+        caller = {**bearer(await system_token(aconn, client, scope)), **_header(PROVENANCE)}
+        created = await client.post("/Patient", json={"resourceType": "Patient", "active": True}, headers=caller)
+        transaction = await client.post("", headers=caller, json={
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [{"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}]})
+        patients = (await client.get("/Patient", headers=admin)).json()["total"]
+        provenances = (await client.get("/Provenance", headers=admin)).json().get("entry", [])
+        if not allowed:
+            for refused in (created, transaction):
+                assert refused.status_code == 403, refused.text
+                issue = refused.json()["issue"][0]
+                assert issue["code"] == "forbidden" and "X-Provenance" in issue["diagnostics"]
+            assert patients == 0 and provenances == []  # neither the write nor its Provenance
+            return
+        assert created.status_code == 201 and transaction.status_code == 200, (created.text, transaction.text)
+        assert patients == 2
+        targets = sorted(target["reference"] for entry in provenances for target in entry["resource"]["target"])
+        written = sorted([created.headers["location"].removeprefix("http://test/fhir/"),
+                          transaction.json()["entry"][0]["response"]["location"].removeprefix("http://test/fhir/")])
+        assert targets == written
