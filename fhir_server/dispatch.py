@@ -2,7 +2,6 @@
 
 from functools import partial
 
-import orjson
 from psycopg import AsyncConnection
 
 from fhir_server.audit.interceptor import audited
@@ -62,6 +61,14 @@ async def dispatch(conn: AsyncConnection, req: FHIRRequest, handler: Handler | N
     return await audited(conn, req, kind, partial(_authorized, conn, req, handler, kind))  # the audit interceptor
 
 
+def _written_id(outcome: Outcome, req: FHIRRequest) -> str | None:
+    """The id a write stored: from its Location (`.../Type/id/_history/v`, there whatever `Prefer: return=` asked
+    for the body), else the id the request named."""
+    if outcome.location:
+        return outcome.location.split("/_history/", 1)[0].rsplit("/", 1)[-1]
+    return req.id
+
+
 async def _authorized(conn: AsyncConnection, req: FHIRRequest, handler: Handler, kind: str) -> Outcome:
     """Authorize `req` against its caller's token (entries of a Bundle are authorized one by one), then run it."""
     principal = req.principal
@@ -81,9 +88,9 @@ async def _authorized(conn: AsyncConnection, req: FHIRRequest, handler: Handler,
     if filters and req.id is not None and kind in INSTANCE_CHECKED \
             and not await find_matches(conn, req.resource_type, [("_id", req.id), *filters], limit=1):
         raise not_found(req.resource_type, req.id)
-    if patient is None:
+    if patient is None and not filters:
         return await handler(conn, req)
-    if req.id is not None and kind in INSTANCE_CHECKED \
+    if patient is not None and req.id is not None and kind in INSTANCE_CHECKED \
             and not await in_patient_compartment(conn, req.resource_type, req.id, patient):
         exists = await conn.execute("SELECT 1 FROM resource WHERE resource_type = %s AND fhir_id = %s",
                                     (req.resource_type, req.id))
@@ -91,8 +98,12 @@ async def _authorized(conn: AsyncConnection, req: FHIRRequest, handler: Handler,
             raise not_found(req.resource_type, req.id)
     outcome = await handler(conn, req)
     if kind in WRITES:
-        written_id = orjson.loads(outcome.body)["id"] if outcome.body else req.id
-        if not await in_patient_compartment(conn, req.resource_type, written_id, patient):
+        # Checked on what was written, inside the request's transaction: a refusal undoes the write.
+        written_id = _written_id(outcome, req)
+        if filters and not await find_matches(conn, req.resource_type, [("_id", written_id), *filters], limit=1):
+            raise FHIRError.of(403, "forbidden", f"The {req.resource_type} as written would be outside what the "
+                                                 f"token may write ({'&'.join('='.join(f) for f in filters)})")
+        if patient is not None and not await in_patient_compartment(conn, req.resource_type, written_id, patient):
             raise FHIRError.of(403, "forbidden", f"The {req.resource_type} would be outside the compartment "
                                                  f"of Patient/{patient} that the token is limited to")
     return outcome

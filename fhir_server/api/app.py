@@ -147,12 +147,13 @@ def _needs_transaction(req: FHIRRequest, handler: Handler) -> bool:
     (one INSERT with CTEs that also stores its audit record, storage/repository.py), atomic on its own in
     autocommit mode, two round trips fewer on the hottest write. A create that must write more opens its
     transaction itself (interactions/create.py, repository.create); an X-Provenance and a create confined to a
-    patient's compartment (checked after the write) need one too."""
+    patient's compartment or to a v2 scope's query (both checked after the write) need one too."""
     if req.method in ("GET", "HEAD"):
         return False
     return not (handler is create.create and "if-none-exist" not in req.headers
                 and "x-provenance" not in req.headers
-                and (req.principal is None or not req.principal.token.patient))
+                and (req.principal is None or not (req.principal.token.patient
+                                                   or any(grant.filters for grant in req.principal.grants))))
 
 
 class FHIRApplication:

@@ -171,3 +171,28 @@ async def test_v2_scope_filters_limit_search_read_and_history(smart: httpx.Async
     history = (await smart.get("/Observation/_history", headers=labs)).json()
     assert [e["resource"]["id"] for e in history["entry"]] == [ids["laboratory"]]
     assert (await smart.get(f"/Observation/{ids['vital-signs']}/_history", headers=labs)).status_code == 404
+
+
+async def test_v2_scope_filters_limit_what_is_written(smart: httpx.AsyncClient, aconn: psycopg.AsyncConnection,
+                                                      db) -> None:
+    category = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+    def observation(code: str) -> dict:
+        return {"resourceType": "Observation", "status": "final", "code": {"text": code},
+                "category": [{"coding": [{"system": category, "code": code}]}]}
+
+    labs = bearer(await system_token(aconn, smart, f"system/Observation.cruds?category={category}|laboratory"))
+    created = await smart.post("/Observation", headers=labs, json=observation("laboratory"))
+    assert created.status_code == 201
+    lab_id = created.json()["id"]
+    refused = await smart.post("/Observation", headers=labs, json=observation("vital-signs"))
+    assert refused.status_code == 403 and refused.json()["resourceType"] == "OperationOutcome"
+    # Turning a laboratory result into a vital sign takes it out of what the token may write.
+    moved = await smart.put(f"/Observation/{lab_id}", headers=labs, json={**observation("vital-signs"), "id": lab_id})
+    assert moved.status_code == 403
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation("laboratory"), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": observation("vital-signs"), "request": {"method": "POST", "url": "Observation"}}]}
+    assert (await smart.post("", headers=labs, json=bundle)).status_code == 403
+    stored = db.execute("SELECT count(*), max(version_id) FROM resource WHERE resource_type = 'Observation'").fetchone()
+    assert stored == (1, 1)  # only the first create; the update and the whole transaction left nothing
