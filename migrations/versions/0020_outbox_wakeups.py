@@ -1,13 +1,13 @@
 """Outbox wake-ups name their schema, and work made due again wakes the relay too, so it needs no polling.
 
 Revision ID: 0020
-Revises: 0016
+Revises: 0017
 """
 
 from alembic import op
 
 revision = "0020"
-down_revision = "0016"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
