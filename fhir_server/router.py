@@ -1,35 +1,12 @@
 """The FHIR router: which interaction a method and path mean, for HTTP requests and Bundle entries alike."""
 
-from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from psycopg import AsyncConnection
-
-from fhir_server.errors import FHIRError
+from fhir_server.errors import FHIRError, Issue
 from fhir_server.interactions import (capabilities, create, delete, history, patch, read, search, update)
-from fhir_server.operations import basic_render, communication_request_send_bulk
-from fhir_server.operations import (document_download, patient_everything, patient_match, patient_merge,
-                                    patient_unmerge, reindex, semantic_search, validate)
-from fhir_server.request import FHIRRequest, Outcome
+from fhir_server.operations.registry import OPERATIONS, Handler
+from fhir_server.request import FHIRRequest
 from fhir_server.resource_types import require_known_type, require_valid_id
-
-Handler = Callable[[AsyncConnection, FHIRRequest], Awaitable[Outcome]]
-
-OPERATIONS: dict[str, Handler] = {
-    validate.NAME: validate.validate,
-    reindex.NAME: reindex.reindex,
-    patient_match.NAME: patient_match.match,
-    patient_merge.NAME: patient_merge.merge,
-    patient_unmerge.NAME: patient_unmerge.unmerge,
-    patient_everything.NAME: patient_everything.everything,
-    basic_render.NAME: basic_render.render,
-    communication_request_send_bulk.NAME: communication_request_send_bulk.send_bulk,
-    document_download.NAME: document_download.download,
-    semantic_search.NAME: semantic_search.semantic_search,
-}
-# Operations that may also run on the system level (POST [base]/$name).
-SYSTEM_OPERATIONS = frozenset({reindex.NAME, semantic_search.NAME})
-
 
 def parse_target(req: FHIRRequest, path: str) -> FHIRRequest:
     """Fill the type, id, version, operation and history/search fields of `req` from `path` (below the base)."""
@@ -92,6 +69,33 @@ def _method_not_allowed(req: FHIRRequest) -> FHIRError:
     return FHIRError.of(405, "not-supported", f"{req.method} is not allowed here")
 
 
+def _operation(req: FHIRRequest) -> Handler:
+    """The handler of the operation `req` invokes, after checking the invocation against its OperationDefinition:
+    the level (system, type, instance) and resource type it is defined for, and the methods that level allows."""
+    operation = OPERATIONS.get(req.operation)
+    name = f"${req.operation}"
+    if operation is None:
+        raise FHIRError.of(404, "not-supported", f"The operation {name} is not known on this server")
+    definition = operation.definition
+    level = "system" if req.resource_type is None else "type" if req.id is None else "instance"
+    if level not in definition.levels or (req.resource_type is not None
+                                          and not definition.offered_on(req.resource_type)):
+        where = {"system": name, "type": f"{req.resource_type}/{name}",
+                 "instance": f"{req.resource_type}/[id]/{name}"}[level]
+        types = ", ".join(sorted(definition.resource_types)) if definition.resource_types else "any type"
+        raise FHIRError.of(404, "not-supported", f"{name} is not defined at the {level} level ({where}); it runs at "
+                                                 f"the {' and '.join(sorted(definition.levels))} level on {types}")
+    methods = definition.methods(level)
+    if req.method not in methods:
+        reason = "it changes data" if definition.affects_state else \
+            f"its parameter(s) {', '.join(definition.complex_inputs(level))} cannot be given in a URL"
+        raise FHIRError(405, [Issue("not-supported", f"{req.method} is not allowed for {name} at the {level} "
+                                                     f"level: use {' or '.join(methods)}" +
+                                    (f" ({reason})" if req.method == "GET" else ""))],
+                        {"Allow": ", ".join(methods)})
+    return operation.handler
+
+
 def route(req: FHIRRequest) -> Handler:
     """The handler for `req`; Bundle posts to the base are routed by the caller (they need the router)."""
     method = req.method
@@ -100,12 +104,7 @@ def route(req: FHIRRequest) -> Handler:
             raise _method_not_allowed(req)
         return capabilities.capabilities
     if req.operation is not None:
-        handler = OPERATIONS.get(req.operation)
-        if handler is None or (req.resource_type is None and req.operation not in SYSTEM_OPERATIONS):
-            raise FHIRError.of(404, "not-supported", f"The operation ${req.operation} is not known")
-        if method not in ("POST", "GET"):
-            raise _method_not_allowed(req)
-        return handler
+        return _operation(req)
     if req.history:
         if method != "GET":
             raise _method_not_allowed(req)

@@ -74,7 +74,8 @@ class Settings(BaseSettings):
     """Where `serve` runs the relay and workers: `auto` = in-process when `redis_url` is unset."""
     worker_threads: int = 4
     outbox_poll_seconds: float = 1.0
-    """The relay looks for due work at least this often (and at once when new work is committed)."""
+    """The relay needs no polling (LISTEN outbox, and a timer at the next due time): this is its wait before
+    trying again after an error, or before looking again at due work that another relay is claiming."""
     outbox_redeliver_seconds: float = 300
     """Work handed to the broker but not started within this time is handed out again."""
     send_lease_seconds: float = 120

@@ -46,7 +46,7 @@ def _is_fhir_json(content_type: str | None) -> bool:
 def takes(req: FHIRRequest) -> bool:
     """Whether the request is for raw document bytes (this module) rather than the FHIR JSON path."""
     if req.resource_type == "DocumentReference":
-        return req.operation == document_download.NAME and req.id is not None and req.method in ("GET", "POST")
+        return req.operation == document_download.DEFINITION.code and req.id is not None and req.method in ("GET", "POST")
     if req.resource_type != "Binary" or req.operation or req.history or req.search or req.compartment_type:
         return False
     if req.method == "GET":

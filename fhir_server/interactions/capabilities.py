@@ -8,21 +8,14 @@ import orjson
 from fhir_server import FHIR_VERSION, __version__
 from fhir_server.auth.endpoints import endpoints_of
 from fhir_server.auth.scopes import AUDIT_TYPES
-from fhir_server.operations import basic_render, communication_request_send_bulk
-from fhir_server.operations import (document_download, patient_everything, patient_match, patient_merge,
-                                    patient_unmerge, reindex, semantic_search, validate)
+from fhir_server.operations.definitions import OperationDefinition
+from fhir_server.operations.registry import OPERATIONS
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.resource_types import resource_types
 from fhir_server.search.parameters import parameters_for
 from fhir_server.settings import get_settings
 
 RELEASE_DATE = "2026-11-23"
-# An operation module with RESOURCE_TYPES is offered on those types only.
-OPERATIONS = (validate, reindex, patient_match, patient_merge, patient_unmerge, patient_everything, basic_render,
-              communication_request_send_bulk,
-              document_download, semantic_search)
-# Operations also offered at the system level ([base]/$name).
-SYSTEM_OPERATIONS = (semantic_search,)
 TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type")
 READ_INTERACTIONS = ("read", "vread", "history-instance", "history-type", "search-type")
@@ -32,6 +25,10 @@ COMMON_SEARCH_PARAMETERS = (
     {"name": "_lastUpdated", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
      "type": "date"},
 )
+
+
+def _definitions() -> list[OperationDefinition]:
+    return [operation.definition for operation in OPERATIONS.values()]
 
 
 def _resource(resource_type: str) -> dict[str, Any]:
@@ -55,8 +52,8 @@ def _resource(resource_type: str) -> dict[str, Any]:
             {"name": parameter.code, "definition": parameter.url, "type": parameter.type}
             for parameter in searchable if parameter.code not in ("_id", "_lastUpdated")
         )],
-        "operation": [{"name": operation.NAME, "definition": operation.DEFINITION} for operation in OPERATIONS
-                      if resource_type in getattr(operation, "RESOURCE_TYPES", (resource_type,))],
+        "operation": [{"name": definition.code, "definition": definition.url} for definition in _definitions()
+                      if definition.levels - {"system"} and definition.offered_on(resource_type)],
     }
 
 
@@ -107,8 +104,8 @@ def _statement() -> dict[str, Any]:
             "resource": [_resource(resource_type) for resource_type in sorted(resource_types())],
             "interaction": [{"code": code} for code in ("transaction", "batch", "search-system", "history-system")],
             "searchParam": list(COMMON_SEARCH_PARAMETERS),
-            "operation": [{"name": operation.NAME, "definition": operation.DEFINITION}
-                          for operation in SYSTEM_OPERATIONS],
+            "operation": [{"name": definition.code, "definition": definition.url} for definition in _definitions()
+                          if "system" in definition.levels],
         }],
     }
 

@@ -8,14 +8,12 @@ from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError
 from fhir_server.messaging import templates
-from fhir_server.operations.definitions import canonical
+from fhir_server.operations.definitions import operation_definition
 from fhir_server.operations.parameters import one, parameter_list, value
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.storage import repository
 
-NAME = "render"
-DEFINITION = canonical("Basic-render")
-RESOURCE_TYPES = ("Basic",)
+DEFINITION = operation_definition("Basic-render")
 
 
 def variables(parameters: list[dict[str, Any]], name: str = "variable") -> dict[str, str]:

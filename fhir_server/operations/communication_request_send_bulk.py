@@ -24,16 +24,14 @@ from fhir_server.messaging.codes import CHANNEL_MEDIA, medium_concept
 from fhir_server.messaging.recipients import RECIPIENT_TYPES
 from fhir_server.messaging.requests import PRIORITY, TOPIC, due_at
 from fhir_server.operations.basic_render import variables
-from fhir_server.operations.definitions import canonical
+from fhir_server.operations.definitions import operation_definition
 from fhir_server.operations.parameters import one, parameter_list, value
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.storage import repository
 from fhir_server.validation import validate_resource
 from fhir_server.worker import outbox
 
-NAME = "send-bulk"
-DEFINITION = canonical("CommunicationRequest-send-bulk")
-RESOURCE_TYPES = ("CommunicationRequest",)
+DEFINITION = operation_definition("CommunicationRequest-send-bulk")
 BULK_IDENTIFIER = "urn:fhir-server:bulk-send"
 MAX_LISTED_ISSUES = 20
 
@@ -90,8 +88,6 @@ def _request(template: str, channel: str, recipient: str, values: dict[str, str]
 
 
 async def send_bulk(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
-    if req.method != "POST" or req.id is not None:
-        raise FHIRError.of(405, "not-supported", "$send-bulk is POST CommunicationRequest/$send-bulk")
     parameters = parameter_list(req)
     template_reference = (value(one(parameters, "template"), "Reference") or {}).get("reference")
     if not isinstance(template_reference, str):

@@ -16,13 +16,11 @@ from fhir_server.documents.responses import ContentOutcome
 from fhir_server.documents.store import object_store
 from fhir_server.errors import FHIRError
 from fhir_server.interactions.read import read
-from fhir_server.operations.definitions import canonical
+from fhir_server.operations.definitions import operation_definition
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.settings import get_settings
 
-NAME = "download"
-DEFINITION = canonical("DocumentReference-download")
-RESOURCE_TYPES = ("DocumentReference",)
+DEFINITION = operation_definition("DocumentReference-download")
 
 
 def _attachments(document: dict[str, Any], req: FHIRRequest) -> list[Any]:
@@ -36,8 +34,6 @@ def _attachments(document: dict[str, Any], req: FHIRRequest) -> list[Any]:
 
 
 async def download(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
-    if req.resource_type != "DocumentReference" or req.id is None:
-        raise FHIRError.of(404, "not-supported", "$download runs on a DocumentReference instance")
     document = await read(conn, FHIRRequest("GET", req.base_url, "DocumentReference", req.id))  # 404, 410
     for attachment in _attachments(orjson.loads(document.body), req):
         binary = await attachment_binary(conn, attachment, req.base_url)

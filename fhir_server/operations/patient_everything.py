@@ -15,16 +15,14 @@ from psycopg import AsyncConnection
 from fhir_server.auth.scopes import AUDIT_TYPES
 from fhir_server.errors import FHIRError
 from fhir_server.identity import replaced
-from fhir_server.operations.definitions import canonical
+from fhir_server.operations.definitions import operation_definition
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.resource_types import require_known_type
 from fhir_server.search import bundle, page
 from fhir_server.search.values import FAR_FUTURE, FAR_PAST, date_range
 from fhir_server.settings import get_settings
 
-NAME = "everything"
-DEFINITION = canonical("Patient-everything")
-RESOURCE_TYPES = ("Patient",)
+DEFINITION = operation_definition("Patient-everything")
 _PARAMETERS = ("start", "end", "_since", "_type", "_count")
 
 
@@ -87,8 +85,6 @@ def _page_query(patient_id: str, start: datetime | None, end: datetime | None, s
 
 
 async def everything(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
-    if req.resource_type != "Patient" or req.id is None:
-        raise FHIRError.of(404, "not-supported", "$everything is supported as GET Patient/[id]/$everything")
     row = await (await conn.execute(
         "SELECT deleted FROM resource WHERE resource_type = 'Patient' AND fhir_id = %s", (req.id,))).fetchone()
     if row is None:

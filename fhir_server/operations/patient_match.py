@@ -14,16 +14,14 @@ from fhir_server.errors import FHIRError
 from fhir_server.identity import blocking, matching
 from fhir_server.identity.match_rules import WEIGHTS
 from fhir_server.operations import parameters as params
-from fhir_server.operations.definitions import canonical
+from fhir_server.operations.definitions import operation_definition
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.search import bundle
 from fhir_server.settings import get_settings
 from fhir_server.storage import repository
 from fhir_server.validation import validate_resource
 
-NAME = "match"
-DEFINITION = canonical("Patient-match")
-RESOURCE_TYPES = ("Patient",)
+DEFINITION = operation_definition("Patient-match")
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
 MATCH_EXPLANATION = "urn:fhir-server:extension:match-explanation"
 DEFAULT_COUNT = 10
@@ -70,11 +68,6 @@ def _entry(base_url: str, candidate: blocking.Candidate, result: matching.MatchR
 
 
 async def match(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
-    if req.resource_type != "Patient":
-        raise FHIRError.of(404, "not-supported", "$match is supported on Patient only")
-    if req.id is None and req.method != "POST":
-        raise FHIRError.of(405, "not-supported", "Patient/$match takes a POST with a Parameters body; "
-                                                 "GET Patient/[id]/$match finds duplicates of a stored Patient")
     parameters = params.parameter_list(req)
     patient = await _query_patient(conn, req, parameters)
     only_certain = params.boolean(req, parameters, "onlyCertainMatches")

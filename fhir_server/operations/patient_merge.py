@@ -25,7 +25,7 @@ from fhir_server.errors import FHIRError, Issue, operation_outcome
 from fhir_server.identity import merge_record, mrn, replaced
 from fhir_server.identity.references import local_target, retarget
 from fhir_server.operations import parameters as params
-from fhir_server.operations.definitions import canonical
+from fhir_server.operations.definitions import operation_definition
 from fhir_server.operations.patient_lookup import patient_id
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.settings import get_settings
@@ -34,9 +34,7 @@ from fhir_server.storage.repository import StoredResource, instant
 from fhir_server.validation import validate_resource
 from fhir_server.worker import outbox
 
-NAME = "merge"
-DEFINITION = canonical("Patient-merge")
-RESOURCE_TYPES = ("Patient",)
+DEFINITION = operation_definition("Patient-merge")
 TOPIC = "patient-merge"
 
 
@@ -180,10 +178,6 @@ async def record_merge(conn: AsyncConnection, source: StoredResource, target: St
 
 
 async def merge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
-    if req.resource_type != "Patient" or req.id is not None:
-        raise FHIRError.of(404, "not-supported", "$merge is supported as POST Patient/$merge")
-    if req.method != "POST":
-        raise FHIRError.of(405, "not-supported", "$merge changes data: use POST")
     parameters = params.parameter_list(req)
     source_id = await patient_id(conn, parameters, "source-patient", req.base_url)
     target_id = await patient_id(conn, parameters, "target-patient", req.base_url)
@@ -259,7 +253,7 @@ def _task(parameters: list[dict[str, Any]], total: int) -> dict[str, Any]:
         if value:
             inputs.append({"type": {"text": part["name"]}, **value})
     now = instant(datetime.now(timezone.utc))
-    task = {"resourceType": "Task", "status": "requested", "intent": "order", "instantiatesUri": DEFINITION,
+    task = {"resourceType": "Task", "status": "requested", "intent": "order", "instantiatesUri": DEFINITION.url,
             "code": {"text": "Patient/$merge"}, "businessStatus": {"text": progress_text(0, total)},
             "authoredOn": now, "lastModified": now, "input": inputs}
     if contained:

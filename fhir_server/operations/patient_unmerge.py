@@ -18,16 +18,14 @@ from fhir_server.errors import FHIRError
 from fhir_server.identity import merge_record, replaced
 from fhir_server.identity.references import local_target, restore_references
 from fhir_server.operations import parameters as params
-from fhir_server.operations.definitions import canonical
+from fhir_server.operations.definitions import operation_definition
 from fhir_server.operations.patient_lookup import patient_id
 from fhir_server.operations.patient_merge import limit_lock_waits, outcome_of
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.settings import get_settings
 from fhir_server.storage import repository
 
-NAME = "unmerge"
-DEFINITION = canonical("Patient-unmerge")
-RESOURCE_TYPES = ("Patient",)
+DEFINITION = operation_definition("Patient-unmerge")
 
 
 async def _merge_row(conn: AsyncConnection, req: FHIRRequest, parameters: list[dict[str, Any]]
@@ -80,10 +78,6 @@ async def _version(conn: AsyncConnection, kind: str, fhir_id: str, version: int)
 
 
 async def unmerge(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
-    if req.resource_type != "Patient" or req.id is not None:
-        raise FHIRError.of(404, "not-supported", "$unmerge is supported as POST Patient/$unmerge")
-    if req.method != "POST":
-        raise FHIRError.of(405, "not-supported", "$unmerge changes data: use POST")
     parameters = params.parameter_list(req)
     await limit_lock_waits(conn, get_settings().merge_lock_timeout)
     source_id, target_id, provenance_id = await _merge_row(conn, req, parameters)

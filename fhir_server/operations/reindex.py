@@ -1,4 +1,4 @@
-"""$reindex on system and type level: stored SearchParameters join the registry, index rows are recomputed.
+"""$reindex (system and type level, POST): stored SearchParameters join the registry, index rows are recomputed.
 
 Runs in the request for now (a worker takes it over later). The registry is per server process: with
 several worker processes, each one loads the stored SearchParameters at start-up.
@@ -7,19 +7,15 @@ several worker processes, each one loads the stored SearchParameters at start-up
 import orjson
 from psycopg import AsyncConnection
 
-from fhir_server.errors import FHIRError, Issue, operation_outcome
+from fhir_server.errors import Issue, operation_outcome
+from fhir_server.operations.definitions import operation_definition
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.search.reindex import load_stored_search_parameters, reindex as reindex_resources
 
-NAME = "reindex"
-DEFINITION = "http://fhir-server.dev/OperationDefinition/reindex"
+DEFINITION = operation_definition("reindex")
 
 
 async def reindex(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
-    if req.method != "POST":
-        raise FHIRError.of(405, "not-supported", "$reindex changes the index: use POST")
-    if req.id is not None:
-        raise FHIRError.of(400, "not-supported", "$reindex runs on the system or on a resource type")
     from fhir_server.interactions.capabilities import capability_statement_bytes  # it imports this module
 
     custom = await load_stored_search_parameters(conn)

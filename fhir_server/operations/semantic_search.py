@@ -17,14 +17,13 @@ from fhir_server.embeddings.index import adapt_vectors
 from fhir_server.embeddings.providers import EmbeddingUnavailable, provider
 from fhir_server.errors import FHIRError
 from fhir_server.operations import parameters as params
-from fhir_server.operations.definitions import canonical
+from fhir_server.operations.definitions import operation_definition
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.search import bundle, value_sets
 from fhir_server.search.engine import filter_condition, parse_types
 from fhir_server.settings import get_settings
 
-NAME = "semantic-search"
-DEFINITION = canonical("semantic-search")
+DEFINITION = operation_definition("semantic-search")
 MATCHED_TEXT = "http://fhir-server.dev/StructureDefinition/semantic-search-match"
 DEFAULT_COUNT = 10
 MAX_COUNT = 100
@@ -107,7 +106,7 @@ async def semantic_search(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
         rows = await (await conn.execute(sql, args)).fetchall()
     best_possible = (vector_weight + keyword_weight) / (RRF_K + 1) or 1.0
     entries = [_entry(req.base_url, *row, best_possible) for row in rows]
-    self_url = f"{req.base_url}/{req.resource_type + '/' if req.resource_type else ''}${NAME}"
+    self_url = f"{req.base_url}/{req.resource_type + '/' if req.resource_type else ''}${DEFINITION.code}"
     return Outcome(200, bundle.searchset([("self", self_url)], len(entries), entries))
 
 

@@ -6,12 +6,12 @@ import orjson
 from psycopg import AsyncConnection
 
 from fhir_server.errors import FHIRError, Issue, operation_outcome
+from fhir_server.operations.definitions import operation_definition
 from fhir_server.request import FHIRRequest, Outcome
 from fhir_server.storage import repository
 from fhir_server.validation import validate_resource
 
-NAME = "validate"
-DEFINITION = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+DEFINITION = operation_definition("Resource-validate")
 
 
 def _parameters(body: Any) -> tuple[Any, str | None]:
@@ -29,6 +29,7 @@ def _parameters(body: Any) -> tuple[Any, str | None]:
 
 async def validate(conn: AsyncConnection, req: FHIRRequest) -> Outcome:
     resource, mode = _parameters(req.body)
+    mode = mode or next(iter(req.query_values("mode")), None)  # GET [type]/[id]/$validate?mode=delete
     issues: list[Issue] = []
     if mode == "delete":
         if req.id is None:

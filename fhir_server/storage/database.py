@@ -1,8 +1,10 @@
 """Connection pool and schema migrations for the PostgreSQL database (and for each tenant's schema)."""
 
+import asyncio
+import logging
 import weakref
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,7 +16,10 @@ from fhir_server.paths import MIGRATIONS_DIR
 from fhir_server.storage import tenants
 from fhir_server.storage.tenants import Tenant
 
+log = logging.getLogger(__name__)
+
 MIGRATION_LOCK = 815001
+RELISTEN_SECONDS = 1.0
 
 # PostgreSQL aborted the transaction to let a concurrent one proceed (a deadlock, or a serialization failure):
 # running it again from the start is safe, and will most likely succeed.
@@ -38,6 +43,11 @@ def _upgrade(connection: Any, schema: str | None) -> None:
     config.attributes["connection"] = connection
     config.attributes["schema"] = schema
     command.upgrade(config, "head")
+
+
+def _announce(connection: Any, name: str) -> None:
+    """NOTIFY every listening pool of a change to the tenant `name`; delivered when the transaction commits."""
+    connection.exec_driver_sql("SELECT pg_notify(%s, %s)", (tenants.CHANNEL, name))
 
 
 @contextmanager
@@ -78,6 +88,7 @@ def add_tenant(database_url: str, name: str) -> Tenant:
         schema = row[0]
         connection.exec_driver_sql(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)).as_string(None))
         _upgrade(connection, schema)
+        _announce(connection, name)  # pools that looked the name up before forget that it was unknown
     return Tenant(name, schema)
 
 
@@ -91,6 +102,7 @@ def remove_tenant(database_url: str, name: str) -> Tenant | None:
         if row is None:
             return None
         connection.exec_driver_sql(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(row[0])).as_string(None))
+        _announce(connection, name)
     return Tenant(name, row[0])
 
 
@@ -100,12 +112,52 @@ class TenantPool(AsyncConnectionPool):
 
     `SET search_path` is sent only when a connection last served another tenant. Prepared statements stay
     valid: PostgreSQL re-parses a prepared statement when the search_path differs from its last use.
+
+    While open, the pool listens for tenant changes (`tenants.CHANNEL`): a removed tenant is forgotten at once,
+    and connections that served it check its schema again before their next use, since PostgreSQL skips a
+    dropped schema in the search_path silently and the query would fall through to the tables in public.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.directory = tenants.Directory(self._find)
         self._schemas: weakref.WeakKeyDictionary[AsyncConnection, str] = weakref.WeakKeyDictionary()
+        self._listener: asyncio.Task | None = None
+
+    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        await super().open(wait, timeout)
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="tenant-changes")
+
+    async def close(self, timeout: float = 5.0) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        await super().close(timeout)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {tenants.CHANNEL}")
+                    self._forget(None)  # whatever changed while nobody listened
+                    async for notice in conn.notifies():
+                        self._forget(notice.payload)
+            except (psycopg.Error, OSError) as error:
+                log.warning("tenant changes: %s; listening again in %ss", error, RELISTEN_SECONDS)
+                self._forget(None)
+                await asyncio.sleep(RELISTEN_SECONDS)
+
+    def _forget(self, name: str | None) -> None:
+        """Resolve `name` (every tenant, without one) again, and check the schema of connections that served it
+        (of every connection, when the name's schema is not known here)."""
+        tenant = self.directory.known(name) if name is not None else None
+        self.directory.forget(name)
+        for conn, schema in list(self._schemas.items()):
+            if tenant is None or schema == tenant.schema:
+                self._schemas.pop(conn, None)
 
     @asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[AsyncConnection]:
@@ -116,6 +168,7 @@ class TenantPool(AsyncConnectionPool):
             if self._schemas.get(conn) != tenant.schema:
                 self._schemas.pop(conn, None)
                 if not await tenants.use_schema(conn, tenant.schema):
+                    self.directory.forget(tenant.name)  # removed since it was resolved: the next request is 404 too
                     raise tenants.UnknownTenant(tenant.name)
                 self._schemas[conn] = tenant.schema
             yield conn

@@ -4,6 +4,9 @@ Every tenant's schema holds the full set of tables; shared extensions (pgvector,
 in `public`. The tenant of the running task is a context variable, set where a request is routed or a job is
 picked up; the pool (`storage.database.TenantPool`) points each connection it hands out at that tenant's
 schema, so no query names a tenant and a connection can only ever see one tenant's rows.
+
+`fhir-server tenants add/remove` announce the change (NOTIFY tenants) in the transaction that makes it: every
+pool listening forgets what it knew of that tenant, so a removed tenant answers 404 at once, not after a recheck.
 """
 
 import re
@@ -14,10 +17,14 @@ from dataclasses import dataclass
 
 from psycopg import AsyncConnection, sql
 
+from fhir_server.errors import FHIRError, Issue
+
 NAME = re.compile(r"[a-z0-9-]{1,63}")
 REGISTRY = "public.tenant"
+CHANNEL = "tenants"
+"""NOTIFY channel of registry changes; the payload is the tenant's name."""
 # A name looked up and not found is not looked up again for this long (garbage in URLs costs no queries);
-# a found tenant is checked again after this long, so one removed by the CLI stops answering.
+# a found tenant is checked again after this long. Both only matter when a change notification is missed.
 RECHECK_SECONDS = 5.0
 
 
@@ -31,8 +38,12 @@ current: ContextVar[Tenant | None] = ContextVar("tenant", default=None)
 """The tenant whose data the running request or job reads and writes; None without tenancy."""
 
 
-class UnknownTenant(LookupError):
-    pass
+class UnknownTenant(FHIRError):
+    """No tenant of this name (any more): 404 with an OperationOutcome wherever it reaches a response."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(404, [Issue("not-found", f"No tenant {name!r} on this server")])
+        self.name = name
 
 
 def base_path(root: str) -> str:
@@ -67,8 +78,8 @@ async def all_tenants(conn: AsyncConnection) -> list[Tenant]:
 
 
 class Directory:
-    """The registry as a process sees it: names resolved from memory, rechecked every `RECHECK_SECONDS`
-    through `find` (which looks one name up in the database)."""
+    """The registry as a process sees it: names resolved from memory, forgotten when a change is announced and
+    rechecked every `RECHECK_SECONDS` through `find` (which looks one name up in the database)."""
 
     def __init__(self, find: Callable[[str], Awaitable[Tenant | None]]) -> None:
         self._find = find
@@ -85,3 +96,14 @@ class Directory:
         if tenant is None:
             raise UnknownTenant(name)
         return tenant
+
+    def known(self, name: str) -> Tenant | None:
+        """The tenant of this name as last looked up, without looking."""
+        return self._seen.get(name, (None, 0.0))[0]
+
+    def forget(self, name: str | None = None) -> None:
+        """Look `name` (every name, without one) up again on its next use."""
+        if name is None:
+            self._seen.clear()
+        else:
+            self._seen.pop(name, None)

@@ -43,6 +43,17 @@ RETURNING o.id, o.topic, o.priority, o.due_at
 """
 
 
+async def next_due_in(conn: AsyncConnection) -> float | None:
+    """Seconds until a row can next be claimed (negative: due already), by the database's clock; None if no
+    work is live."""
+    row = await (await conn.execute(
+        "SELECT extract(epoch FROM least("
+        "(SELECT min(due_at) FROM outbox WHERE state = 'pending'), "
+        "(SELECT min(lease_until) FROM outbox WHERE state IN ('queued', 'sending'))) - now())::float8"
+    )).fetchone()
+    return row[0]
+
+
 @dataclass(slots=True)
 class Row:
     id: int

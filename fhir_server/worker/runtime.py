@@ -110,28 +110,99 @@ def _enqueue(broker: Broker, rows: list[tuple[int, str, Any, Any]], tenant: Tena
             log.warning("outbox row %s has topic %r, which no actor handles; it waits", outbox_id, topic)
 
 
+async def relay_tenant(runtime: Runtime, broker: Broker, tenant: Tenant | None) -> tuple[int, float | None]:
+    """Hand the due outbox rows of one tenant to the broker; a broker failure rolls the claim back, so the rows
+    wait. Returns how many were relayed, and in how many seconds more work falls due (a pending row's due
+    time or a lease running out), None if there is no live work at all."""
+    selected = tenants.current.set(tenant)
+    try:
+        async with runtime.pool.connection() as conn, conn.transaction():
+            rows = await outbox.claim(conn, RELAY_BATCH, runtime.settings.outbox_redeliver_seconds)
+            if rows:
+                await asyncio.to_thread(_enqueue, broker, rows, tenant)
+            return len(rows), await outbox.next_due_in(conn)
+    finally:
+        tenants.current.reset(selected)
+
+
 async def relay_once(runtime: Runtime, broker: Broker) -> int:
-    """Hand due outbox rows to the broker, every tenant's in turn; a broker failure rolls the claim back, so
-    the rows wait. Returns the largest number of rows relayed for one tenant."""
+    """Relay every tenant's due rows once; returns the largest number of rows relayed for one tenant."""
     pool = runtime.pool
     relayed = 0
     for tenant in await pool.all_tenants() if isinstance(pool, TenantPool) else [None]:
-        selected = tenants.current.set(tenant)
-        try:
-            async with pool.connection() as conn, conn.transaction():
-                rows = await outbox.claim(conn, RELAY_BATCH, runtime.settings.outbox_redeliver_seconds)
-                if rows:
-                    await asyncio.to_thread(_enqueue, broker, rows, tenant)
-        finally:
-            tenants.current.reset(selected)
-        relayed = max(relayed, len(rows))
+        relayed = max(relayed, (await relay_tenant(runtime, broker, tenant))[0])
     return relayed
 
 
+class Relay:
+    """When each tenant's outbox has work: woken by the outbox's notifications (NOTIFY outbox, naming the
+    schema of the rows: new work, a retry, a due time moved) and by the earliest due time or lease it last
+    saw in each tenant. So an idle tenant costs no queries, however many tenants there are.
+
+    Nothing here needs to survive a crash: the rows are the state. A relay that starts, or whose listening
+    connection broke (notifications may have been missed), looks at every tenant once (`sweep`).
+    """
+
+    def __init__(self, runtime: Runtime, broker: Broker) -> None:
+        self.runtime = runtime
+        self.broker = broker
+        self.multi_tenant = isinstance(runtime.pool, TenantPool)
+        self.tenants: dict[str, Tenant] = {}
+        """schema -> tenant, as of the last look at the registry."""
+        self.wake_at: dict[Tenant | None, float] = {}
+        """tenant -> when (event loop time) its next work falls due."""
+
+    async def sweep(self) -> None:
+        await self._load_tenants()
+        self.wake_at = dict.fromkeys(self.tenants.values() if self.multi_tenant else [None], 0.0)
+        await self.run_due()
+
+    async def _load_tenants(self) -> None:
+        if self.multi_tenant:
+            self.tenants = {tenant.schema: tenant for tenant in await self.runtime.pool.all_tenants()}
+
+    async def notified(self, schemas: set[str]) -> None:
+        """Work was committed in these schemas: relay it now."""
+        if not self.multi_tenant:
+            self.wake_at[None] = 0.0
+        else:
+            if "" in schemas or not schemas <= self.tenants.keys():  # a tenant added since (or an old trigger)
+                await self._load_tenants()
+            for schema in schemas:
+                if schema in self.tenants:
+                    self.wake_at[self.tenants[schema]] = 0.0
+                elif schema == "":
+                    self.wake_at.update(dict.fromkeys(self.tenants.values(), 0.0))
+        await self.run_due()
+
+    async def run_due(self) -> None:
+        """Relay every tenant whose work is due, until none is."""
+        loop = asyncio.get_running_loop()
+        poll = self.runtime.settings.outbox_poll_seconds
+        while due := [tenant for tenant, at in self.wake_at.items() if at <= loop.time()]:
+            for tenant in due:
+                try:
+                    relayed, due_in = await relay_tenant(self.runtime, self.broker, tenant)
+                except tenants.UnknownTenant:  # removed: its rows went with its schema
+                    self.wake_at.pop(tenant, None)
+                    continue
+                if relayed == RELAY_BATCH:
+                    due_in = 0.0
+                elif due_in is not None and due_in <= 0:
+                    # Due but not claimable: another relay's claim has not committed yet. Look again later.
+                    due_in = poll
+                self.wake_at[tenant] = loop.time() + due_in if due_in is not None else float("inf")
+
+    def sleep_seconds(self) -> float | None:
+        """Until the earliest known due time; None: until notified."""
+        earliest = min(self.wake_at.values(), default=float("inf"))
+        return None if earliest == float("inf") else max(0.0, earliest - asyncio.get_running_loop().time())
+
+
 async def relay_forever(runtime: Runtime, broker: Broker) -> None:
-    """Relay whenever work is committed (LISTEN outbox) and at least every `outbox_poll_seconds`, which is
-    also how scheduled and retried work is picked up when it falls due."""
-    poll = runtime.settings.outbox_poll_seconds
+    """Relay work when it is committed (LISTEN outbox) or falls due, never by polling every tenant."""
+    retry = runtime.settings.outbox_poll_seconds
+    relay = Relay(runtime, broker)
     listener: psycopg.AsyncConnection | None = None
     try:
         while True:
@@ -139,16 +210,20 @@ async def relay_forever(runtime: Runtime, broker: Broker) -> None:
                 if listener is None:
                     listener = await psycopg.AsyncConnection.connect(runtime.pool.conninfo, autocommit=True)
                     await listener.execute("LISTEN outbox")
-                while await relay_once(runtime, broker) == RELAY_BATCH:
-                    pass
-                async for _ in listener.notifies(timeout=poll, stop_after=1):
-                    pass
-            except (psycopg.Error, OSError, dramatiq.DramatiqError) as error:
-                log.warning("outbox relay: %s; trying again in %ss", error, poll)
+                    await relay.sweep()
+                schemas = {notice.payload async for notice in
+                           listener.notifies(timeout=relay.sleep_seconds(), stop_after=1)}
+                if schemas:  # take whatever else arrived meanwhile along
+                    schemas |= {notice.payload async for notice in listener.notifies(timeout=0)}
+                    await relay.notified(schemas)
+                else:
+                    await relay.run_due()
+            except Exception as error:  # e.g. the database or the broker is away: the rows wait, nothing is lost
+                log.warning("outbox relay: %r; trying again in %ss", error, retry)
                 if listener is not None:
                     await listener.close()
                     listener = None
-                await asyncio.sleep(poll)
+                await asyncio.sleep(retry)
     finally:
         if listener is not None:
             await listener.close()
