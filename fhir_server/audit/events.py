@@ -1,6 +1,8 @@
 """AuditEvent resources in the shape of the IHE Basic Audit Log Patterns (BALP), one per interaction."""
 
 import base64
+import itertools
+import os
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
@@ -43,6 +45,26 @@ ACTIONS = {"read": "R", "vread": "R", "history-instance": "R", "history": "R", "
 # AllergyIntolerance.patient, Coverage.beneficiary, ...).
 PATIENT_ELEMENTS = ("subject", "patient", "beneficiary")
 PATIENT_PARAMETERS = frozenset({"patient", "subject"})
+
+
+_ID_PREFIX = uuid4().hex[:20]
+_ID_SEQUENCE = itertools.count()
+
+
+def _event_id() -> str:
+    """A UUID-shaped id unique to this event: 80 random bits drawn once per process (and per fork), then a
+    counter. A fraction of the cost of uuid4 (a system call and an object), on every request."""
+    p = _ID_PREFIX
+    return f"{p[:8]}-{p[8:12]}-{p[12:16]}-{p[16:20]}-{next(_ID_SEQUENCE) % (1 << 48):012x}"
+
+
+def _new_process() -> None:
+    """Fresh random bits in a forked child, so that it never repeats its parent's ids."""
+    global _ID_PREFIX, _ID_SEQUENCE
+    _ID_PREFIX, _ID_SEQUENCE = uuid4().hex[:20], itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_process)
 
 
 def outcome_code(status: int) -> str:
@@ -161,7 +183,7 @@ def audit_event(req: FHIRRequest, kind: str, query: list[tuple[str, str]], addre
                 requested: str | None = None) -> tuple[str, bytes]:
     """(id, JSON) of the AuditEvent of one interaction; `query` is the query as the client sent it, and
     `requested` the method and path of a request refused before any interaction ran."""
-    event_id = str(uuid4())
+    event_id = _event_id()
     query = [(name, value) for name, value in query if name not in SECRET_PARAMETERS]
     event: dict[str, Any] = {
         "resourceType": "AuditEvent", "id": event_id,
