@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import orjson
 import psycopg
 
+from fhir_server.audit import journal
+from fhir_server.audit.journal import lines
 from tests.conftest import free_port, wait_until_up
 
 
@@ -91,7 +94,7 @@ def test_read_audits_survive_a_sigkill_of_the_server(database_url: str, db: psyc
             process.wait(10)
     reads = '"code":"read"'
     assert [event for event in _events(db, f"Patient/{pid}") if reads in event] == []
-    assert sum(len(path.read_bytes().splitlines()) for path in journal.iterdir()) == 25
+    assert sum(len(lines(path)) for path in journal.iterdir()) == 25
     # the next server on the same journal replays what the dead one left, at start-up
     process, _ = _serve(database_url, journal, tmp_path / "server.log")
     try:
@@ -100,3 +103,14 @@ def test_read_audits_survive_a_sigkill_of_the_server(database_url: str, db: psyc
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_records_beyond_the_mapped_part_of_a_segment_are_kept(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(journal, "SEGMENT_BYTES", 4096)  # about 30 records mapped, the rest appended
+    segments = journal.Journal(tmp_path, None, 3600)  # type: ignore[arg-type]  # no flush: no database
+    segments._open_segment()
+    ids = [f"record-{n}" for n in range(100)]
+    for event_id in ids:
+        segments.append(event_id, orjson.dumps({"id": event_id, "padding": "x" * 100}))
+    assert segments.path is not None
+    assert [orjson.loads(line.partition(b"\t")[2])["id"] for line in lines(segments.path)] == ids
