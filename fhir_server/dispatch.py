@@ -4,6 +4,7 @@ from functools import partial
 
 from psycopg import AsyncConnection
 
+from fhir_server.audit.events import resource_reference
 from fhir_server.audit.interceptor import audited
 from fhir_server.auth.enforce import HIDDEN_FROM_PATIENTS, in_patient_compartment, not_found, permission_for
 from fhir_server.errors import FHIRError
@@ -62,11 +63,10 @@ async def dispatch(conn: AsyncConnection, req: FHIRRequest, handler: Handler | N
 
 
 def _written_id(outcome: Outcome, req: FHIRRequest) -> str | None:
-    """The id a write stored: from its Location (`.../Type/id/_history/v`, there whatever `Prefer: return=` asked
-    for the body), else the id the request named."""
-    if outcome.location:
-        return outcome.location.split("/_history/", 1)[0].rsplit("/", 1)[-1]
-    return req.id
+    """The id a write stored, as its AuditEvent names it: from the Location (whatever `Prefer: return=` asked
+    for the body), the id in the URL, or the body of a conditional update."""
+    written = resource_reference(req, outcome)
+    return written.split("/")[1] if written is not None else None
 
 
 async def _authorized(conn: AsyncConnection, req: FHIRRequest, handler: Handler, kind: str) -> Outcome:

@@ -190,9 +190,14 @@ async def test_v2_scope_filters_limit_what_is_written(smart: httpx.AsyncClient, 
     # Turning a laboratory result into a vital sign takes it out of what the token may write.
     moved = await smart.put(f"/Observation/{lab_id}", headers=labs, json={**observation("vital-signs"), "id": lab_id})
     assert moved.status_code == 403
+    # A conditional update names no id and answers 200 without Location: the id written comes from the body.
+    identified = {**observation("laboratory"), "identifier": [{"system": "urn:lab", "value": "7"}]}
+    assert (await smart.put("/Observation?identifier=urn:lab|7", headers=labs, json=identified)).status_code == 201
+    again = await smart.put("/Observation?identifier=urn:lab|7", headers=labs, json={**identified, "status": "amended"})
+    assert again.status_code == 200
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": observation("laboratory"), "request": {"method": "POST", "url": "Observation"}},
         {"resource": observation("vital-signs"), "request": {"method": "POST", "url": "Observation"}}]}
     assert (await smart.post("", headers=labs, json=bundle)).status_code == 403
     stored = db.execute("SELECT count(*), max(version_id) FROM resource WHERE resource_type = 'Observation'").fetchone()
-    assert stored == (1, 1)  # only the first create; the update and the whole transaction left nothing
+    assert stored == (2, 2)  # the two creates and the conditional update; the refused ones left nothing
