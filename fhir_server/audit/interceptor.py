@@ -3,7 +3,7 @@
 It refuses writes of AuditEvents, keeps the audit trail to callers granted it, records the AuditEvent of the
 interaction, and writes the client's X-Provenance. A successful interaction inside a database transaction
 (every write) stores its record in that transaction, so a write and its audit commit or roll back together;
-reads and failures go to the process's journal (audit/journal.py), which costs the request one write(2).
+reads and failures go to the process's journal (audit/journal.py), which costs the request a memory copy.
 Requests refused before any interaction ran (no valid token, unknown route, unusable body) are journaled
 by `refused`, at the same cost as a read.
 """
@@ -133,7 +133,7 @@ async def audited(conn: AsyncConnection, req: FHIRRequest, kind: str,
 
 def refused(req: FHIRRequest, kind: str, error: FHIRError, requested: str) -> None:
     """Journal the AuditEvent of a request refused before it reached an interaction (`requested`: its method
-    and path): the same one write(2) as a read, and the same batched flush, however many bad requests come."""
+    and path): the same journal append as a read, and the same batched flush, however many bad requests come."""
     context = req.audit
     if context is None or context.entered or context.journal is None:
         return
