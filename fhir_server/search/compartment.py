@@ -57,7 +57,7 @@ def compartment_condition(compartment_type: str, compartment_id: str, resource_t
         parts.append(f"SELECT c.resource_id FROM {_MEMBER_REFERENCES} WHERE {_TARGET}")
         args += [types, params, compartment_type, compartment_id]
         if itself or (with_itself and compartment_type in members):
-            parts.append("SELECT i.id FROM resource i WHERE i.resource_type = %s AND i.fhir_id = %s")
+            parts.append("SELECT i.id FROM resource i WHERE i.resource_type = %s AND i.fhir_id = %s AND NOT i.deleted")
             args += [compartment_type, compartment_id]
     if binaries:
         # A Binary's only reference is its securityContext; found from the compartment's side (its resource and

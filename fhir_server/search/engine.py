@@ -514,7 +514,11 @@ def _from_index_rows(condition: Condition, resource_type: str) -> tuple[str, lis
     condition's rows alone, without visiting `resource` for each match (index rows exist only for current
     resources of their type), so the page is cut before any resource row is read. A common surname in a
     chain matches a thousand Communications; only the page's twenty are then read, by `_with_contents`.
-    None when some condition is of another kind."""
+    None when some condition is of another kind.
+
+    Every `r.id IN` condition (query.py, compartment.py) must therefore yield current resources only: one
+    that takes ids from `resource` itself says `NOT deleted`, or a deleted one would take a place on the
+    page and the rows after it would lose their `next` link."""
     terms, args = [], list(condition.args)
     for sql in condition.sql:
         count = len(sql.replace("%%", "").split("%s")) - 1

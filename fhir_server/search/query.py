@@ -316,7 +316,8 @@ class _Builder:
             # since `r.fhir_id IN (...) OR r.id IN (...)` could only be checked resource by resource.
             t, u = self.alias("t"), self.alias("u")
             result.add(f"{r}.id IN (SELECT {t}.id FROM search_reference {x} JOIN resource {t} "
-                       f"ON {t}.resource_type = {x}.target_type AND {t}.fhir_id = {x}.target_id {literal} "
+                       f"ON {t}.resource_type = {x}.target_type AND {t}.fhir_id = {x}.target_id "
+                       f"AND NOT {t}.deleted {literal} "
                        f"UNION ALL SELECT {u}.resource_id FROM search_reference {x} JOIN search_uri {u} "
                        f"ON {u}.resource_type = ANY(%s) AND {named_by(x, u)} "
                        f"WHERE {x}.target_url IS NOT NULL AND {referrers})",

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 from tests.auth.test_enforcement import bearer, patient_token, smart, system_token  # noqa: F401 (fixture)
-from tests.search.helpers import match_ids, run
+from tests.search.helpers import follow, link, match_ids, run
 from tests.search.test_include import included_ids
 from tests.search.test_query_plans import run_recorded, scans_without_index
 
@@ -113,6 +113,19 @@ async def test_has_follows_canonical_references(aconn, forms):
     assert match_ids(await run(aconn, "ActivityDefinition", nested)) == ["draw-blood"]
     everywhere = await run(aconn, None, "_has:QuestionnaireResponse:questionnaire:status=in-progress")
     assert match_ids(everywhere) == ["intake-1"]
+
+
+async def test_has_pages_skip_nothing_past_a_deleted_target(aconn, forms, store, db):
+    # Tasks name all three forms literally; the first form is then deleted as the delete statement leaves it.
+    store(*({"resourceType": "Task", "id": f"fill-{form}", "status": "requested", "intent": "order",
+             "focus": {"reference": f"Questionnaire/{form}"}} for form in ("intake-1", "intake-2")))
+    db.execute("UPDATE resource SET deleted = true, content = NULL WHERE fhir_id = 'intake-1'")
+    found = await run(aconn, "Questionnaire", "_has:Task:focus:status=requested&_count=1")
+    seen = match_ids(found)
+    while (following := link(found, "next")) is not None:
+        found = await follow(aconn, following)
+        seen += match_ids(found)
+    assert sorted(seen) == ["followup", "intake-2"]
 
 
 @pytest.mark.parametrize("query", [
